@@ -1,0 +1,445 @@
+//! The signed change and the bundle: Kervan's two wire encodings.
+//!
+//! ```text
+//! SignedChange v1 = version:u8 (1) | doc_len:u8 | doc:utf8 | change_len:u32be | change | sig:[u8; 64]
+//! Bundle v1       = "KERVANB" 0x01 | federation:[u8; 32] | count:u32be | (len:u32be | SignedChange)*
+//! signature       = Ed25519(key, "kervan/change/v1" | federation | doc | change_hash)
+//! ```
+//!
+//! Every length is checked against the input and the limits before anything is allocated, and
+//! an encoding has exactly one byte string: no trailing bytes, no second form of a length.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+
+use crate::ids::{Actor, DocId, FederationId, Hash};
+
+/// The domain separator of every change signature.
+pub const SIGNING_CONTEXT: &[u8] = b"kervan/change/v1";
+const VERSION: u8 = 1;
+const BUNDLE_MAGIC: &[u8; 8] = b"KERVANB\x01";
+/// Bytes of an envelope around its change: version, doc length, doc, change length, signature.
+pub const ENVELOPE_OVERHEAD: usize = 1 + 1 + DocId::MAX_LEN + 4 + 64;
+
+/// Why bytes are not a valid envelope or bundle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("truncated: expected {expected} more bytes, found {found}")]
+    Truncated { expected: usize, found: usize },
+    #[error("unsupported envelope version {0}, expected 1")]
+    Version(u8),
+    #[error("not a Kervan bundle (bad magic bytes)")]
+    BundleMagic,
+    #[error("too large: {found} bytes, the limit is {limit}")]
+    TooLarge { found: usize, limit: usize },
+    #[error("bad document id: {0}")]
+    Doc(String),
+    #[error("{0} trailing bytes after the end")]
+    Trailing(usize),
+    #[error("bundle claims {0} changes, more than its bytes can hold")]
+    Count(u32),
+}
+
+/// Why a decoded envelope does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("change bytes do not parse: {0}")]
+    Change(String),
+    #[error("actor is {0} bytes, expected 40 (device key and store epoch)")]
+    Actor(usize),
+    #[error("actor's key is not a valid ed25519 public key")]
+    Key,
+    #[error("signature does not verify for the actor's key over this federation and document")]
+    Signature,
+}
+
+/// One Automerge change with its author's signature.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SignedChange {
+    pub doc: DocId,
+    pub change: Vec<u8>,
+    pub sig: [u8; 64],
+}
+
+impl std::fmt::Debug for SignedChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedChange")
+            .field("doc", &self.doc)
+            .field("change_bytes", &self.change.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The message a device signs for one change.
+pub fn signing_message(federation: &FederationId, doc: &DocId, hash: &Hash) -> Vec<u8> {
+    let doc = doc.to_string();
+    let mut msg = Vec::with_capacity(SIGNING_CONTEXT.len() + 64 + doc.len());
+    msg.extend_from_slice(SIGNING_CONTEXT);
+    msg.extend_from_slice(&federation.0.0);
+    msg.extend_from_slice(doc.as_bytes());
+    msg.extend_from_slice(&hash.0);
+    msg
+}
+
+/// A change that parsed and whose signature verified.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub change: automerge::Change,
+    pub actor: Actor,
+    pub hash: Hash,
+}
+
+impl SignedChange {
+    /// Signs `change` for `doc` in `federation`. The key must be the actor's: the replica builds
+    /// actors from the device key, so a mismatch is a programming error caught by `verify`.
+    pub fn sign(
+        federation: &FederationId,
+        doc: DocId,
+        change: &mut automerge::Change,
+        key: &SigningKey,
+    ) -> Self {
+        let hash = Hash::from(change.hash());
+        let sig = key.sign(&signing_message(federation, &doc, &hash));
+        Self {
+            doc,
+            change: change.bytes().into_owned(),
+            sig: sig.to_bytes(),
+        }
+    }
+
+    /// Parses the change and checks the signature: the first 32 bytes of the actor are the key
+    /// that must have signed it.
+    pub fn verify(&self, federation: &FederationId) -> Result<Verified, VerifyError> {
+        let change = automerge::Change::try_from(self.change.as_slice())
+            .map_err(|e| VerifyError::Change(e.to_string()))?;
+        let actor_bytes = change.actor_id().to_bytes();
+        let actor = Actor::from_bytes(actor_bytes).ok_or(VerifyError::Actor(actor_bytes.len()))?;
+        let hash = Hash::from(change.hash());
+        let key = VerifyingKey::from_bytes(&actor.key.0).map_err(|_| VerifyError::Key)?;
+        key.verify_strict(
+            &signing_message(federation, &self.doc, &hash),
+            &Signature::from_bytes(&self.sig),
+        )
+        .map_err(|_| VerifyError::Signature)?;
+        Ok(Verified {
+            change,
+            actor,
+            hash,
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let doc = self.doc.to_string();
+        let mut out = Vec::with_capacity(1 + 1 + doc.len() + 4 + self.change.len() + 64);
+        out.push(VERSION);
+        // DocId::MAX_LEN < 256, so the length fits a byte.
+        out.push(doc.len() as u8);
+        out.extend_from_slice(doc.as_bytes());
+        out.extend_from_slice(&(self.change.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.change);
+        out.extend_from_slice(&self.sig);
+        out
+    }
+
+    /// Decodes one envelope whose change is at most `max_change` bytes.
+    pub fn decode(bytes: &[u8], max_change: usize) -> Result<Self, DecodeError> {
+        let limit = max_change + ENVELOPE_OVERHEAD;
+        if bytes.len() > limit {
+            return Err(DecodeError::TooLarge {
+                found: bytes.len(),
+                limit,
+            });
+        }
+        let mut r = Reader(bytes);
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        let doc_len = usize::from(r.u8()?);
+        if doc_len > DocId::MAX_LEN {
+            return Err(DecodeError::Doc(format!(
+                "{doc_len} bytes, longer than any document id"
+            )));
+        }
+        let doc = std::str::from_utf8(r.take(doc_len)?)
+            .map_err(|_| DecodeError::Doc("not UTF-8".into()))?;
+        let doc = doc
+            .parse::<DocId>()
+            .map_err(|e| DecodeError::Doc(e.to_string()))?;
+        let change_len = r.u32()? as usize;
+        if change_len > max_change {
+            return Err(DecodeError::TooLarge {
+                found: change_len,
+                limit: max_change,
+            });
+        }
+        let change = r.take(change_len)?.to_vec();
+        let mut sig = [0u8; 64];
+        sig.copy_from_slice(r.take(64)?);
+        r.end()?;
+        Ok(Self { doc, change, sig })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Truncated {
+                expected: n,
+                found: self.0.len(),
+            });
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn end(&self) -> Result<(), DecodeError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Trailing(self.0.len()))
+        }
+    }
+}
+
+/// A set of signed changes for offline transfer, backup and the genesis file. Each entry is
+/// kept as raw bytes: one malformed envelope is that entry's rejection, not the bundle's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    pub federation: FederationId,
+    pub entries: Vec<Vec<u8>>,
+}
+
+impl Bundle {
+    pub fn new(federation: FederationId, changes: &[SignedChange]) -> Self {
+        Self {
+            federation,
+            entries: changes.iter().map(SignedChange::encode).collect(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let size: usize = self.entries.iter().map(|e| e.len() + 4).sum();
+        let mut out = Vec::with_capacity(8 + 32 + 4 + size);
+        out.extend_from_slice(BUNDLE_MAGIC);
+        out.extend_from_slice(&self.federation.0.0);
+        out.extend_from_slice(&(self.entries.len() as u32).to_be_bytes());
+        for e in &self.entries {
+            out.extend_from_slice(&(e.len() as u32).to_be_bytes());
+            out.extend_from_slice(e);
+        }
+        out
+    }
+
+    /// Decodes a bundle of at most `max_bytes` whose entries are at most `max_entry` bytes.
+    pub fn decode(bytes: &[u8], max_bytes: usize, max_entry: usize) -> Result<Self, DecodeError> {
+        if bytes.len() > max_bytes {
+            return Err(DecodeError::TooLarge {
+                found: bytes.len(),
+                limit: max_bytes,
+            });
+        }
+        let mut r = Reader(bytes);
+        if r.take(8).map_err(|_| DecodeError::BundleMagic)? != BUNDLE_MAGIC {
+            return Err(DecodeError::BundleMagic);
+        }
+        let mut fid = [0u8; 32];
+        fid.copy_from_slice(r.take(32)?);
+        let count = r.u32()?;
+        // Each entry takes at least its 4-byte length: refuse a count the bytes cannot hold
+        // before reserving room for it.
+        if count as usize > r.0.len() / 4 {
+            return Err(DecodeError::Count(count));
+        }
+        let mut entries = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let len = r.u32()? as usize;
+            if len > max_entry {
+                return Err(DecodeError::TooLarge {
+                    found: len,
+                    limit: max_entry,
+                });
+            }
+            entries.push(r.take(len)?.to_vec());
+        }
+        r.end()?;
+        Ok(Self {
+            federation: FederationId(Hash(fid)),
+            entries,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::{CommitOptions, Transactable};
+
+    const MAX: usize = 1 << 20;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    /// A change that is the same bytes on every run: fixed actor, fixed time.
+    fn fixed_change(key: &SigningKey) -> automerge::Change {
+        let actor = Actor {
+            key: crate::ids::DeviceKey(key.verifying_key().to_bytes()),
+            epoch: [1, 2, 3, 4, 5, 6, 7, 8],
+        };
+        let mut doc = automerge::AutoCommit::new().with_actor(actor.to_automerge());
+        doc.put(automerge::ROOT, "name", "Kervan")
+            .expect("put on root");
+        doc.commit_with(CommitOptions::default().with_time(1_767_225_600));
+        doc.get_last_local_change().expect("just committed")
+    }
+
+    fn federation() -> FederationId {
+        FederationId(Hash([9; 32]))
+    }
+
+    #[test]
+    fn signed_change_round_trips_and_verifies() {
+        let k = key(7);
+        let mut change = fixed_change(&k);
+        let signed = SignedChange::sign(&federation(), DocId::Federation, &mut change, &k);
+        let decoded = SignedChange::decode(&signed.encode(), MAX).expect("decodes");
+        assert_eq!(decoded, signed);
+        let verified = decoded.verify(&federation()).expect("verifies");
+        assert_eq!(verified.actor.key.0, k.verifying_key().to_bytes());
+        assert_eq!(verified.hash, Hash::from(change.hash()));
+    }
+
+    #[test]
+    fn signature_is_bound_to_federation_and_document() {
+        let k = key(7);
+        let mut change = fixed_change(&k);
+        let signed = SignedChange::sign(&federation(), DocId::Federation, &mut change, &k);
+        let other_fed = FederationId(Hash([8; 32]));
+        assert_eq!(
+            signed.verify(&other_fed).err(),
+            Some(VerifyError::Signature)
+        );
+        let mut moved = signed.clone();
+        moved.doc = "park/kg-htp".parse().expect("doc id");
+        assert_eq!(
+            moved.verify(&federation()).err(),
+            Some(VerifyError::Signature)
+        );
+        let mut forged = signed;
+        forged.sig[0] ^= 1;
+        assert_eq!(
+            forged.verify(&federation()).err(),
+            Some(VerifyError::Signature)
+        );
+    }
+
+    #[test]
+    fn decoding_rejects_every_truncation_and_trailing_bytes() {
+        let k = key(7);
+        let mut change = fixed_change(&k);
+        let bytes = SignedChange::sign(&federation(), DocId::Federation, &mut change, &k).encode();
+        for n in 0..bytes.len() {
+            assert!(
+                matches!(
+                    SignedChange::decode(&bytes[..n], MAX),
+                    Err(DecodeError::Truncated { .. })
+                ),
+                "prefix of {n} bytes"
+            );
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(
+            SignedChange::decode(&long, MAX),
+            Err(DecodeError::Trailing(1))
+        );
+        assert!(matches!(
+            SignedChange::decode(&bytes, 10),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_lengths_are_refused_before_allocating() {
+        // A 4 GiB change length in a 100-byte input must fail on the length, not on memory.
+        let mut bytes = vec![1u8, 10];
+        bytes.extend_from_slice(b"federation");
+        bytes.extend_from_slice(&u32::MAX.to_be_bytes());
+        bytes.extend_from_slice(&[0; 64]);
+        assert!(matches!(
+            SignedChange::decode(&bytes, MAX),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        let mut bundle = BUNDLE_MAGIC.to_vec();
+        bundle.extend_from_slice(&[0; 32]);
+        bundle.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(
+            Bundle::decode(&bundle, MAX, MAX),
+            Err(DecodeError::Count(u32::MAX))
+        );
+    }
+
+    #[test]
+    fn bundles_round_trip_and_reject_bad_framing() {
+        let k = key(7);
+        let mut change = fixed_change(&k);
+        let signed = SignedChange::sign(&federation(), DocId::Federation, &mut change, &k);
+        let bundle = Bundle::new(federation(), &[signed.clone(), signed]);
+        let bytes = bundle.encode();
+        assert_eq!(Bundle::decode(&bytes, MAX, MAX), Ok(bundle));
+        assert_eq!(
+            Bundle::decode(b"not a bundle at all, certainly", MAX, MAX),
+            Err(DecodeError::BundleMagic)
+        );
+        assert!(matches!(
+            Bundle::decode(&bytes[..bytes.len() - 1], MAX, MAX),
+            Err(DecodeError::Truncated { .. })
+        ));
+        assert!(matches!(
+            Bundle::decode(&bytes, 100, MAX),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    /// The checked-in vectors pin the wire format: a change of this version must keep its bytes,
+    /// its hash and its signature. Regenerate with `KERVAN_BLESS=1` only for a new version.
+    #[test]
+    fn golden_vectors_match() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/envelope-v1.json");
+        let k = key(7);
+        let mut change = fixed_change(&k);
+        let signed = SignedChange::sign(&federation(), DocId::Federation, &mut change, &k);
+        let current = serde_json::json!({
+            "signing_key_seed": hex::encode([7u8; 32]),
+            "federation": federation().to_string(),
+            "doc": "federation",
+            "change_hash": Hash::from(change.hash()).to_string(),
+            "envelope": hex::encode(signed.encode()),
+        });
+        if std::env::var_os("KERVAN_BLESS").is_some() {
+            let text = serde_json::to_string_pretty(&current).expect("json");
+            std::fs::write(path, text + "\n").expect("write golden vectors");
+        }
+        let text = std::fs::read_to_string(path).expect("golden vectors are checked in");
+        let golden: serde_json::Value = serde_json::from_str(&text).expect("valid json");
+        assert_eq!(golden, current, "the v1 wire format changed");
+        let bytes = hex::decode(golden["envelope"].as_str().expect("hex")).expect("hex");
+        let decoded = SignedChange::decode(&bytes, MAX).expect("golden envelope decodes");
+        let verified = decoded
+            .verify(&federation())
+            .expect("golden envelope verifies");
+        assert_eq!(verified.hash.to_string(), golden["change_hash"]);
+    }
+}

@@ -1,0 +1,160 @@
+//! Park cards and the changes that start documents: the federation's genesis and a ledger's
+//! first change.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{AutoCommit, ObjType, ROOT, ScalarValue, hydrate};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::ids::{Actor, DeviceKey, ParkId};
+use crate::records::{self, FieldErrors, Mode};
+
+/// What a park sends to the federation's convener to be listed in the genesis: its profile
+/// and its first device key. `kervan init` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParkCard {
+    pub id: ParkId,
+    pub name: String,
+    pub country: String,
+    #[serde(default)]
+    pub city: Option<String>,
+    #[serde(default)]
+    pub website: Option<String>,
+    pub device: DeviceKey,
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+impl ParkCard {
+    /// Checks the profile fields with the park schema.
+    pub fn validate(&self, this_year: i64) -> Result<(), FieldErrors> {
+        let profile = json!({
+            "name": self.name, "country": self.country,
+            "city": self.city, "website": self.website,
+        });
+        let mut profile = profile;
+        if let Some(obj) = profile.as_object_mut() {
+            obj.retain(|_, v| !v.is_null());
+        }
+        records::validate_input(records::PARK_FIELDS, &profile, Mode::Create, this_year)
+    }
+}
+
+/// Why a genesis cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GenesisError {
+    #[error("a federation needs at least one park card")]
+    NoParks,
+    #[error("park {0} is listed twice")]
+    DuplicatePark(ParkId),
+    #[error("device {0} is listed for two parks")]
+    DuplicateDevice(DeviceKey),
+    #[error("park {park}: {errors}")]
+    Card { park: ParkId, errors: FieldErrors },
+    #[error("federation name must be 1 to 200 characters")]
+    Name,
+}
+
+fn str_value(s: &str) -> hydrate::Value {
+    hydrate::Value::Scalar(ScalarValue::Str(s.into()))
+}
+
+/// Builds the genesis: the federation's name and charter and, for every founding park, its
+/// profile, its first device (which is also the root device that starts its ledger).
+pub fn genesis_change(
+    actor: Actor,
+    name: &str,
+    charter: &str,
+    cards: &[ParkCard],
+    time: i64,
+    created_at: &str,
+    this_year: i64,
+) -> Result<automerge::Change, GenesisError> {
+    if cards.is_empty() {
+        return Err(GenesisError::NoParks);
+    }
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(GenesisError::Name);
+    }
+    let mut parks = HashSet::new();
+    let mut devices = HashSet::new();
+    for card in cards {
+        if !parks.insert(card.id.clone()) {
+            return Err(GenesisError::DuplicatePark(card.id.clone()));
+        }
+        if !devices.insert(card.device) {
+            return Err(GenesisError::DuplicateDevice(card.device));
+        }
+        card.validate(this_year)
+            .map_err(|errors| GenesisError::Card {
+                park: card.id.clone(),
+                errors,
+            })?;
+    }
+    let mut doc = AutoCommit::new().with_actor(actor.to_automerge());
+    let put = |doc: &mut AutoCommit, obj: &automerge::ObjId, k: &str, v: &str| {
+        doc.put(obj, k, v).expect("put on a map just made");
+    };
+    put(&mut doc, &ROOT, "name", name);
+    put(&mut doc, &ROOT, "charter", charter);
+    put(&mut doc, &ROOT, "created_at", created_at);
+    let parks_obj = doc
+        .put_object(ROOT, "parks", ObjType::Map)
+        .expect("root is a map");
+    // Sorted, so the same cards always give the same genesis ops.
+    let sorted: BTreeMap<&ParkId, &ParkCard> = cards.iter().map(|c| (&c.id, c)).collect();
+    for (id, card) in sorted {
+        let mut device = HashMap::from([("added_at", str_value(created_at))]);
+        if let Some(label) = &card.label {
+            device.insert("label", str_value(label));
+        }
+        let mut fields = HashMap::from([
+            ("name", str_value(&card.name)),
+            ("country", str_value(&card.country)),
+            ("root_device", str_value(&card.device.to_hex())),
+        ]);
+        if let Some(city) = &card.city {
+            fields.insert("city", str_value(city));
+        }
+        if let Some(website) = &card.website {
+            fields.insert("website", str_value(website));
+        }
+        let park_obj = doc
+            .put_object(&parks_obj, id.as_str(), ObjType::Map)
+            .expect("parks is a map");
+        for (k, v) in fields {
+            doc.put(&park_obj, k, scalar(v)).expect("park is a map");
+        }
+        let devices_obj = doc
+            .put_object(&park_obj, "devices", ObjType::Map)
+            .expect("park is a map");
+        doc.batch_create_object(&devices_obj, card.device.to_hex(), &device.into(), false)
+            .expect("devices is a map");
+    }
+    doc.commit_with(CommitOptions::default().with_time(time));
+    Ok(doc
+        .get_last_local_change()
+        .expect("the genesis was just committed"))
+}
+
+fn scalar(v: hydrate::Value) -> ScalarValue {
+    match v {
+        hydrate::Value::Scalar(s) => s,
+        _ => ScalarValue::Null,
+    }
+}
+
+/// Builds a ledger's first change: its four collections, made once by the park's root device.
+pub fn ledger_root_change(actor: Actor, time: i64) -> automerge::Change {
+    let mut doc = AutoCommit::new().with_actor(actor.to_automerge());
+    for c in records::COLLECTIONS {
+        doc.put_object(ROOT, *c, ObjType::Map)
+            .expect("root is a map");
+    }
+    doc.commit_with(CommitOptions::default().with_time(time));
+    doc.get_last_local_change()
+        .expect("the ledger root was just committed")
+}
