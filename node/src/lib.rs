@@ -1,1 +1,18 @@
-//! x
+//! A Kervan park node: the store, the replica with its query index, and the data directory.
+//!
+//! - [`store`]: sled trees behind the `Store` trait.
+//! - [`replica`]: owns the Automerge documents and the store; checks, applies, indexes.
+//! - [`query`]: the query index and its filters, sorting and paging.
+//! - [`config`]: the node's TOML configuration.
+//! - [`data_dir`]: the data directory: device key, API token, config, store.
+
+pub mod config;
+pub mod data_dir;
+pub mod query;
+pub mod replica;
+pub mod store;
+
+pub use config::Config;
+pub use data_dir::DataDir;
+pub use replica::{Collection, Identity, Options, Outcome, Replica, ReplicaError, Report};
+pub use store::{SledStore, Store, StoreError};

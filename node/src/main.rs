@@ -1,1 +1,388 @@
-fn main() {}
+//! `kervan`: the command line of a Kervan park node.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ed25519_dalek::SigningKey;
+use kervan_node::replica::{Outcome, Report};
+use kervan_node::{DataDir, Replica, SledStore};
+use kervan_protocol::{
+    Actor, Bundle, DeviceKey, DocId, FederationId, Hash, ParkCard, SignedChange, genesis_change,
+};
+
+/// Kervan: a federated registry of technoparks, their startups, programs and applications.
+#[derive(Debug, Parser)]
+#[command(name = "kervan", version, propagate_version = true)]
+struct Cli {
+    /// The node's data directory.
+    #[arg(
+        long,
+        global = true,
+        env = "KERVAN_DATA_DIR",
+        default_value = "kervan-data"
+    )]
+    data_dir: PathBuf,
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a data directory: device key, API token, config; print the park card.
+    Init(InitArgs),
+    /// Write a federation's genesis from the founding parks' cards; print its id.
+    Genesis(GenesisArgs),
+    /// Adopt a federation: check that its genesis lists this device, store it, pin its id.
+    Join {
+        /// The genesis file (`kervan genesis --out`).
+        #[arg(long)]
+        genesis: PathBuf,
+    },
+    /// Write every accepted signed change to a bundle file (offline transfer, backup).
+    Export {
+        /// Where to write the bundle.
+        #[arg(long)]
+        out: PathBuf,
+        /// Only changes authored at or after this RFC 3339 time, e.g. 2026-01-31T00:00:00Z.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Check and apply the signed changes of a bundle file; report on each.
+    Import {
+        /// The bundle file.
+        file: PathBuf,
+        /// Print the per-change report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Audit the signed history.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Manage this park's devices.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Re-verify every stored change; print counts and the state digest.
+    Verify {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesCommand {
+    /// Register a further device of this park (its key from its own `kervan init`).
+    Add {
+        /// The device's public key, 64 hex digits.
+        key: String,
+        /// A label for people, e.g. "backup server".
+        #[arg(long)]
+        label: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// The park's id, a slug such as kz-astana-hub.
+    #[arg(long)]
+    park: String,
+    /// The park's name.
+    #[arg(long)]
+    name: String,
+    /// ISO 3166-1 alpha-2 country code, e.g. KZ.
+    #[arg(long)]
+    country: String,
+    #[arg(long)]
+    city: Option<String>,
+    /// The park's website, http(s).
+    #[arg(long)]
+    website: Option<String>,
+    /// A label for this device, e.g. "primary".
+    #[arg(long)]
+    label: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct GenesisArgs {
+    /// The federation's name.
+    #[arg(long)]
+    name: String,
+    /// The charter text (or use --charter-file).
+    #[arg(long, conflicts_with = "charter_file")]
+    charter: Option<String>,
+    /// A file holding the charter text.
+    #[arg(long)]
+    charter_file: Option<PathBuf>,
+    /// A founding park's card (`kervan init` prints it); repeat for each park.
+    #[arg(long = "card", required = true)]
+    cards: Vec<PathBuf>,
+    /// Where to write the genesis file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause once (a message that already ends with
+/// its cause's text does not repeat it).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for m in e.chain().map(ToString::to_string) {
+        if out.ends_with(&m) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&m);
+    }
+    out
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dir = DataDir::new(&cli.data_dir);
+    match cli.command {
+        Command::Init(args) => init(&dir, args),
+        Command::Genesis(args) => genesis(args),
+        Command::Join { genesis } => join(&dir, &genesis),
+        Command::Export { out, since } => export(&dir, &out, since.as_deref()),
+        Command::Import { file, json } => import(&dir, &file, json),
+        Command::Audit(AuditCommand::Verify { json }) => audit_verify(&dir, json),
+        Command::Devices(DevicesCommand::Add { key, label }) => {
+            let key: DeviceKey = key.parse()?;
+            let mut replica = open(&dir)?;
+            let hash = replica.add_device(key, label.as_deref())?;
+            replica.snapshot_all()?;
+            println!(
+                "registered device {key} for park {} in change {hash}",
+                dir_park(&dir)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn dir_park(dir: &DataDir) -> anyhow::Result<String> {
+    Ok(dir.config()?.park.to_string())
+}
+
+fn open(dir: &DataDir) -> anyhow::Result<Replica<SledStore>> {
+    dir.open_replica()
+        .with_context(|| format!("cannot open the node in {}", dir.root().display()))
+}
+
+fn init(dir: &DataDir, args: InitArgs) -> anyhow::Result<ExitCode> {
+    let card = ParkCard {
+        id: args.park.parse()?,
+        name: args.name,
+        country: args.country,
+        city: args.city,
+        website: args.website,
+        device: DeviceKey([0; 32]),
+        label: args.label,
+    };
+    let card = dir.init(card)?;
+    eprintln!(
+        "initialised {} for park {}; send card.json to the federation's convener",
+        dir.root().display(),
+        card.id
+    );
+    println!("{}", serde_json::to_string_pretty(&card)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn genesis(args: GenesisArgs) -> anyhow::Result<ExitCode> {
+    if args.out.exists() {
+        bail!(
+            "{} already exists; refusing to overwrite a genesis",
+            args.out.display()
+        );
+    }
+    let charter = match (&args.charter, &args.charter_file) {
+        (Some(c), _) => c.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
+        }
+        (None, None) => "The member parks exchange startups, programs and applications as equals; \
+            no member hosts the master copy."
+            .to_owned(),
+    };
+    let mut cards = Vec::new();
+    for path in &args.cards {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read card {}", path.display()))?;
+        let card: ParkCard = serde_json::from_str(&text)
+            .with_context(|| format!("card {} is invalid", path.display()))?;
+        cards.push(card);
+    }
+    // The convener's key signs nothing but the genesis: the genesis is trusted because every
+    // member pins its hash, not because of who signed it.
+    let convener = SigningKey::generate(&mut rand::rng());
+    let actor = Actor {
+        key: DeviceKey(convener.verifying_key().to_bytes()),
+        epoch: rand::random(),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let created_at = now
+        .replace_nanosecond(0)?
+        .format(&time::format_description::well_known::Rfc3339)?;
+    let mut change = genesis_change(
+        actor,
+        &args.name,
+        &charter,
+        &cards,
+        now.unix_timestamp(),
+        &created_at,
+        i64::from(now.year()),
+    )?;
+    let federation = FederationId(Hash::from(change.hash()));
+    let signed = SignedChange::sign(&federation, DocId::Federation, &mut change, &convener);
+    let bundle = Bundle::new(federation, &[signed]);
+    std::fs::write(&args.out, bundle.encode())
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!(
+        "wrote the genesis of {:?} with {} parks to {}",
+        args.name,
+        cards.len(),
+        args.out.display()
+    );
+    println!("{federation}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn join(dir: &DataDir, genesis: &Path) -> anyhow::Result<ExitCode> {
+    let bytes =
+        std::fs::read(genesis).with_context(|| format!("cannot read {}", genesis.display()))?;
+    let (federation, started) = dir.join(&bytes)?;
+    println!("joined federation {federation}");
+    if started {
+        println!("started the ledger of park {}", dir_park(dir)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(dir: &DataDir, out: &Path, since: Option<&str>) -> anyhow::Result<ExitCode> {
+    let since = since
+        .map(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map(|t| t.unix_timestamp())
+                .map_err(|_| {
+                    anyhow!(
+                        "--since expects an RFC 3339 time such as 2026-01-31T00:00:00Z, found {s:?}"
+                    )
+                })
+        })
+        .transpose()?;
+    let replica = open(dir)?;
+    let bundle = replica.export(since)?;
+    std::fs::write(out, bundle.encode())
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "exported {} signed changes to {}",
+        bundle.entries.len(),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import(dir: &DataDir, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut replica = open(dir)?;
+    let reports = replica
+        .import(&bytes, "import")
+        .with_context(|| format!("cannot import {}", file.display()))?;
+    replica.snapshot_all()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            println!("{}", describe(r));
+        }
+    }
+    let count = |f: fn(&Outcome) -> bool| reports.iter().filter(|r| f(&r.outcome)).count();
+    eprintln!(
+        "{} accepted, {} duplicate, {} pending, {} rejected; digest {}",
+        count(|o| matches!(o, Outcome::Accepted)),
+        count(|o| matches!(o, Outcome::Duplicate)),
+        count(|o| matches!(o, Outcome::Pending { .. })),
+        count(|o| matches!(o, Outcome::Rejected { .. })),
+        replica.digest()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(r: &Report) -> String {
+    let hash = r.hash.map_or_else(
+        || "(unparsed)".to_owned(),
+        |h| h.to_string()[..16].to_owned(),
+    );
+    let doc = r.doc.as_ref().map_or_else(String::new, ToString::to_string);
+    match &r.outcome {
+        Outcome::Accepted => format!("accepted   {hash} {doc}"),
+        Outcome::Duplicate => format!("duplicate  {hash} {doc}"),
+        Outcome::Pending { reason } => format!("pending    {hash} {doc}: {reason}"),
+        Outcome::Rejected { reason, .. } => format!("rejected   {hash} {doc}: {reason}"),
+    }
+}
+
+fn audit_verify(dir: &DataDir, json: bool) -> anyhow::Result<ExitCode> {
+    let replica = open(dir)?;
+    let report = replica.verify_all()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("stored changes   {}", report.stored);
+        println!("signatures ok    {}", report.verified);
+        println!("accepted         {}", report.accepted);
+        println!("pending          {}", report.pending);
+        println!("excluded         {}", report.excluded);
+        println!("rejected         {}", report.rejected);
+        println!("evidence         {}", report.evidence);
+        println!("digest           {}", report.digest);
+        for (hash, why) in &report.failed {
+            println!("FAILED {hash}: {why}");
+        }
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -109,8 +109,22 @@ impl SignedChange {
     /// Parses the change and checks the signature: the first 32 bytes of the actor are the key
     /// that must have signed it.
     pub fn verify(&self, federation: &FederationId) -> Result<Verified, VerifyError> {
-        let change = automerge::Change::try_from(self.change.as_slice())
-            .map_err(|e| VerifyError::Change(e.to_string()))?;
+        self.verify_parsed(federation, self.parse()?)
+    }
+
+    /// Parses the change bytes, so a node can tell a duplicate by its hash before it spends a
+    /// signature check on it.
+    pub fn parse(&self) -> Result<automerge::Change, VerifyError> {
+        automerge::Change::try_from(self.change.as_slice())
+            .map_err(|e| VerifyError::Change(e.to_string()))
+    }
+
+    /// Checks the signature of a change parsed from this envelope.
+    pub fn verify_parsed(
+        &self,
+        federation: &FederationId,
+        change: automerge::Change,
+    ) -> Result<Verified, VerifyError> {
         let actor_bytes = change.actor_id().to_bytes();
         let actor = Actor::from_bytes(actor_bytes).ok_or(VerifyError::Actor(actor_bytes.len()))?;
         let hash = Hash::from(change.hash());
@@ -142,7 +156,7 @@ impl SignedChange {
 
     /// Decodes one envelope whose change is at most `max_change` bytes.
     pub fn decode(bytes: &[u8], max_change: usize) -> Result<Self, DecodeError> {
-        let limit = max_change + ENVELOPE_OVERHEAD;
+        let limit = max_change.saturating_add(ENVELOPE_OVERHEAD);
         if bytes.len() > limit {
             return Err(DecodeError::TooLarge {
                 found: bytes.len(),

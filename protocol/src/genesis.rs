@@ -4,12 +4,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{AutoCommit, ObjType, ROOT, ScalarValue, hydrate};
+use automerge::{AutoCommit, ObjType, ROOT, ReadDoc, ScalarValue, hydrate};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::ids::{Actor, DeviceKey, ParkId};
+use crate::envelope::SignedChange;
+use crate::ids::{Actor, DeviceKey, DocId, FederationId, Hash, ParkId};
 use crate::records::{self, FieldErrors, Mode};
+use crate::rules::{self, CausalInfo, Context, Limits, ObjKey, ObjectInfo, Registration, Verdict};
 
 /// What a park sends to the federation's convener to be listed in the genesis: its profile
 /// and its first device key. `kervan init` prints it.
@@ -157,4 +159,108 @@ pub fn ledger_root_change(actor: Actor, time: i64) -> automerge::Change {
     doc.commit_with(CommitOptions::default().with_time(time));
     doc.get_last_local_change()
         .expect("the ledger root was just committed")
+}
+
+/// What a genesis file declares, read before a node adopts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenesisInfo {
+    pub federation: FederationId,
+    pub name: String,
+    pub registrations: Vec<Registration>,
+}
+
+impl GenesisInfo {
+    /// Whether the genesis lists `key` as a device of `park`.
+    pub fn lists(&self, park: &ParkId, key: &DeviceKey) -> bool {
+        self.registrations
+            .iter()
+            .any(|r| matches!(r, Registration::Device(p, k) if p == park && k == key))
+    }
+
+    pub fn parks(&self) -> Vec<&ParkId> {
+        self.registrations
+            .iter()
+            .filter_map(|r| match r {
+                Registration::Park(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The rules' view of a node that holds nothing yet: enough to judge a genesis.
+struct Empty(FederationId);
+
+impl Context for Empty {
+    fn federation(&self) -> FederationId {
+        self.0
+    }
+    fn limits(&self) -> Limits {
+        Limits::default()
+    }
+    fn park_exists(&self, _: &ParkId) -> bool {
+        false
+    }
+    fn is_device(&self, _: &ParkId, _: &DeviceKey) -> bool {
+        false
+    }
+    fn is_any_device(&self, _: &DeviceKey) -> bool {
+        false
+    }
+    fn root_device(&self, _: &ParkId) -> Option<DeviceKey> {
+        None
+    }
+    fn accepted(&self, _: &DocId, _: &Hash) -> Option<&CausalInfo> {
+        None
+    }
+    fn excluded(&self, _: &DocId, _: &Hash) -> bool {
+        false
+    }
+    fn slot(&self, _: &DocId, _: &Actor, _: u64) -> Option<Hash> {
+        None
+    }
+    fn frozen_from(&self, _: &DocId, _: &Actor) -> Option<u64> {
+        None
+    }
+    fn object(&self, _: &DocId, _: &ObjKey) -> Option<&ObjectInfo> {
+        None
+    }
+}
+
+/// Reads a genesis: its federation id is its own change hash, it must verify, and it must be a
+/// root change of the federation document.
+pub fn inspect(genesis: &SignedChange) -> Result<GenesisInfo, String> {
+    if genesis.doc != DocId::Federation {
+        return Err(format!(
+            "the genesis belongs to the federation document, found a change of {}",
+            genesis.doc
+        ));
+    }
+    let parsed = genesis.parse().map_err(|e| e.to_string())?;
+    if !parsed.deps().is_empty() || parsed.seq() != 1 {
+        return Err("the genesis is the first change of its document, this one has deps".into());
+    }
+    let federation = FederationId(Hash::from(parsed.hash()));
+    let ctx = Empty(federation);
+    match rules::check(genesis, &ctx) {
+        Verdict::Accept(checked) => {
+            let mut doc = AutoCommit::new();
+            doc.apply_changes([checked.change.clone()])
+                .map_err(|e| e.to_string())?;
+            let name = match doc.get(ROOT, "name") {
+                Ok(Some((automerge::Value::Scalar(s), _))) => match s.as_ref() {
+                    ScalarValue::Str(s) => s.to_string(),
+                    _ => String::new(),
+                },
+                _ => String::new(),
+            };
+            Ok(GenesisInfo {
+                federation,
+                name,
+                registrations: checked.registrations,
+            })
+        }
+        Verdict::Pending(p) => Err(p.to_string()),
+        Verdict::Reject(r) => Err(r.to_string()),
+    }
 }

@@ -252,6 +252,16 @@ pub enum Verdict {
 /// Checks steps 1 and 2 of one envelope: sizes, decoding and the signature. The replica runs
 /// this once per change it receives and keeps the result while the change is pending.
 pub fn verify(change: &SignedChange, ctx: &dyn Context) -> Result<Verified, RejectReason> {
+    let parsed = change.parse().map_err(verify_error)?;
+    verify_parsed(change, parsed, ctx)
+}
+
+/// [`verify`] for a change already parsed from the envelope.
+pub fn verify_parsed(
+    change: &SignedChange,
+    parsed: automerge::Change,
+    ctx: &dyn Context,
+) -> Result<Verified, RejectReason> {
     let limits = ctx.limits();
     if change.change.len() > limits.max_change_bytes {
         return Err(RejectReason::TooLarge {
@@ -259,13 +269,14 @@ pub fn verify(change: &SignedChange, ctx: &dyn Context) -> Result<Verified, Reje
             limit: limits.max_change_bytes,
         });
     }
-    let verified = change.verify(&ctx.federation()).map_err(|e| match e {
-        crate::envelope::VerifyError::Change(message) => RejectReason::BadChange { message },
-        crate::envelope::VerifyError::Actor(found) => RejectReason::BadActor { found },
-        crate::envelope::VerifyError::Key | crate::envelope::VerifyError::Signature => {
-            RejectReason::BadSignature
-        }
-    })?;
+    if !parsed.extra_bytes().is_empty() {
+        return Err(RejectReason::BadChange {
+            message: "extra bytes (an author footer) are not part of the protocol".into(),
+        });
+    }
+    let verified = change
+        .verify_parsed(&ctx.federation(), parsed)
+        .map_err(verify_error)?;
     if verified.change.len() > limits.max_ops {
         return Err(RejectReason::TooManyOps {
             found: verified.change.len(),
@@ -273,6 +284,16 @@ pub fn verify(change: &SignedChange, ctx: &dyn Context) -> Result<Verified, Reje
         });
     }
     Ok(verified)
+}
+
+fn verify_error(e: crate::envelope::VerifyError) -> RejectReason {
+    match e {
+        crate::envelope::VerifyError::Change(message) => RejectReason::BadChange { message },
+        crate::envelope::VerifyError::Actor(found) => RejectReason::BadActor { found },
+        crate::envelope::VerifyError::Key | crate::envelope::VerifyError::Signature => {
+            RejectReason::BadSignature
+        }
+    }
 }
 
 /// Checks one envelope from scratch.
@@ -347,12 +368,24 @@ fn judge(doc: &DocId, v: &Verified, ctx: &dyn Context) -> Result<(CausalInfo, Wa
 
     // 4. a registered device of the owner (in the federation document, of some park: step 7
     // holds every path to the device's own park).
-    let registered = match doc {
-        DocId::Federation => ctx.is_any_device(&actor.key),
-        DocId::Ledger(park) => ctx.is_device(park, &actor.key),
-    };
-    if !registered {
-        return Err(Outcome::Pending(PendingReason::UnknownDevice(actor.key)));
+    // A key registered for another park is not unknown: it writes where it may not.
+    match doc {
+        DocId::Ledger(park)
+            if !ctx.is_device(park, &actor.key) && ctx.is_any_device(&actor.key) =>
+        {
+            return Err(RejectReason::WritesAnotherPark {
+                path: doc.to_string(),
+                owner: park.clone(),
+            }
+            .into());
+        }
+        DocId::Ledger(park) if !ctx.is_device(park, &actor.key) => {
+            return Err(Outcome::Pending(PendingReason::UnknownDevice(actor.key)));
+        }
+        DocId::Federation if !ctx.is_any_device(&actor.key) => {
+            return Err(Outcome::Pending(PendingReason::UnknownDevice(actor.key)));
+        }
+        _ => {}
     }
 
     // 5. causality.

@@ -1,0 +1,308 @@
+//! A node's data directory:
+//!
+//! ```text
+//! <dir>/config.toml   the node's configuration
+//! <dir>/device.key    the device's ed25519 secret, hex (mode 0600)
+//! <dir>/api.token     the bearer token of the local API (mode 0600)
+//! <dir>/card.json     the park card to send to the federation's convener
+//! <dir>/genesis.kvn   the federation's genesis, once joined
+//! <dir>/store/        the sled store
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use kervan_protocol::{Bundle, DeviceKey, FederationId, ParkCard, SignedChange, genesis};
+
+use crate::config::{Config, ConfigError};
+use crate::replica::{Identity, Options, Replica, ReplicaError};
+use crate::store::{SledStore, Store, StoreError};
+
+/// Why a data directory operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a Kervan data directory (run `kervan init` first)")]
+    NotInitialised(String),
+    #[error("{0} already holds a device key; refusing to overwrite it")]
+    AlreadyInitialised(String),
+    #[error("device key {path} is invalid: {why}")]
+    Key { path: String, why: String },
+    #[error("device key {path} is readable by others (mode {mode:o}); it must be 0600")]
+    KeyMode { path: String, mode: u32 },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("this node has not joined a federation (run `kervan join --genesis FILE`)")]
+    NotJoined,
+    #[error("genesis: {0}")]
+    Genesis(String),
+    #[error(
+        "this node already belongs to federation {current}; the genesis is of federation {other}"
+    )]
+    OtherFederation {
+        current: FederationId,
+        other: FederationId,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    #[error("invalid park card: {0}")]
+    Card(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes a file readable by its owner only, replacing it atomically.
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), DataDirError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(contents).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))?;
+    Ok(())
+}
+
+/// What `kervan init` is told about the park.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub card: ParkCard,
+}
+
+/// A node's data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Creates the directory with a new device key, API token, config and store, and returns
+    /// the park card. `card.device` is replaced by the new key.
+    pub fn init(&self, mut card: ParkCard) -> Result<ParkCard, DataDirError> {
+        let key_path = self.path("device.key");
+        if key_path.exists() {
+            return Err(DataDirError::AlreadyInitialised(
+                self.root.display().to_string(),
+            ));
+        }
+        fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
+            .map_err(io(&self.root))?;
+        let key = SigningKey::generate(&mut rand::rng());
+        card.device = DeviceKey(key.verifying_key().to_bytes());
+        card.validate(this_year())
+            .map_err(|e| DataDirError::Card(e.to_string()))?;
+        write_private(
+            &self.path("api.token"),
+            hex::encode(rand::random::<[u8; 32]>()).as_bytes(),
+        )?;
+        let config = Config::new(card.id.clone());
+        write_private(&self.path("config.toml"), config.to_toml().as_bytes())?;
+        let card_json = serde_json::to_string_pretty(&card).expect("a card serialises");
+        write_private(&self.path("card.json"), card_json.as_bytes())?;
+        self.open_store()?.flush()?;
+        // The key last: its presence marks a complete init.
+        write_private(&key_path, hex::encode(key.to_bytes()).as_bytes())?;
+        Ok(card)
+    }
+
+    pub fn is_initialised(&self) -> bool {
+        self.path("device.key").exists()
+    }
+
+    pub fn config(&self) -> Result<Config, DataDirError> {
+        if !self.is_initialised() {
+            return Err(DataDirError::NotInitialised(
+                self.root.display().to_string(),
+            ));
+        }
+        Ok(Config::load(&self.path("config.toml"))?)
+    }
+
+    pub fn write_config(&self, config: &Config) -> Result<(), DataDirError> {
+        write_private(&self.path("config.toml"), config.to_toml().as_bytes())
+    }
+
+    pub fn signing_key(&self) -> Result<SigningKey, DataDirError> {
+        let path = self.path("device.key");
+        if !path.exists() {
+            return Err(DataDirError::NotInitialised(
+                self.root.display().to_string(),
+            ));
+        }
+        let mode = fs::metadata(&path).map_err(io(&path))?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(DataDirError::KeyMode {
+                path: path.display().to_string(),
+                mode,
+            });
+        }
+        let text = fs::read_to_string(&path).map_err(io(&path))?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut bytes).map_err(|e| DataDirError::Key {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        })?;
+        Ok(SigningKey::from_bytes(&bytes))
+    }
+
+    pub fn api_token(&self) -> Result<String, DataDirError> {
+        let path = self.path("api.token");
+        Ok(fs::read_to_string(&path)
+            .map_err(io(&path))?
+            .trim()
+            .to_owned())
+    }
+
+    /// Opens the store, drawing its epoch the first time.
+    pub fn open_store(&self) -> Result<SledStore, DataDirError> {
+        let store = SledStore::open(&self.path("store"))?;
+        if store.meta("epoch")?.is_none() {
+            store.put_meta("epoch", &rand::random::<[u8; 8]>())?;
+            store.put_meta("schema_version", b"1")?;
+            store.flush()?;
+        }
+        Ok(store)
+    }
+
+    fn identity(&self, config: &Config, store: &SledStore) -> Result<Identity, DataDirError> {
+        let epoch = store
+            .meta("epoch")?
+            .and_then(|e| <[u8; 8]>::try_from(e.as_slice()).ok())
+            .ok_or_else(|| StoreError::Corrupt {
+                what: "meta/epoch".into(),
+                why: "missing or not 8 bytes".into(),
+            })?;
+        Ok(Identity {
+            park: config.park.clone(),
+            key: self.signing_key()?,
+            epoch,
+        })
+    }
+
+    fn options(config: &Config) -> Options {
+        Options {
+            limits: config.limits,
+            max_pending: config.store.max_pending,
+            snapshot_every: config.store.snapshot_every,
+        }
+    }
+
+    /// Adopts a federation: the genesis must list this device for this node's park. Stores
+    /// the genesis, pins the federation id in the store and the config, and starts the park's
+    /// ledger when this device is its root device. Joining the same federation again is a
+    /// no-op.
+    pub fn join(&self, genesis_bytes: &[u8]) -> Result<(FederationId, bool), DataDirError> {
+        let mut config = self.config()?;
+        let key = self.signing_key()?;
+        let bundle = Bundle::decode(genesis_bytes, 1 << 20, 1 << 20)
+            .map_err(|e| DataDirError::Genesis(e.to_string()))?;
+        let [entry] = bundle.entries.as_slice() else {
+            return Err(DataDirError::Genesis(format!(
+                "a genesis file holds exactly one change, found {}",
+                bundle.entries.len()
+            )));
+        };
+        let envelope = SignedChange::decode(entry, 1 << 20)
+            .map_err(|e| DataDirError::Genesis(e.to_string()))?;
+        let info = genesis::inspect(&envelope).map_err(DataDirError::Genesis)?;
+        if info.federation != bundle.federation {
+            return Err(DataDirError::Genesis(format!(
+                "the file names federation {} but its change hashes to {}",
+                bundle.federation, info.federation
+            )));
+        }
+        let device = DeviceKey(key.verifying_key().to_bytes());
+        if !info.lists(&config.park, &device) {
+            return Err(DataDirError::Genesis(format!(
+                "it does not list this device ({device}) for park {}",
+                config.park
+            )));
+        }
+        let store = self.open_store()?;
+        let pinned = store
+            .meta("federation")?
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .map(|b| FederationId(kervan_protocol::Hash(b)));
+        if let Some(current) = pinned.filter(|c| *c != info.federation) {
+            return Err(DataDirError::OtherFederation {
+                current,
+                other: info.federation,
+            });
+        }
+        store.put_meta("federation", &info.federation.0.0)?;
+        store.flush()?;
+        write_private(&self.path("genesis.kvn"), genesis_bytes)?;
+        config.federation = Some(info.federation);
+        self.write_config(&config)?;
+        let identity = self.identity(&config, &store)?;
+        let mut replica = Replica::open(
+            store,
+            info.federation,
+            Some(identity),
+            Self::options(&config),
+        )?;
+        replica.ingest(vec![entry.clone()], "genesis")?;
+        let started = replica.start_ledger()?;
+        replica.snapshot_all()?;
+        Ok((info.federation, started))
+    }
+
+    /// Opens the replica of a node that has joined.
+    pub fn open_replica(&self) -> Result<Replica<SledStore>, DataDirError> {
+        let config = self.config()?;
+        let store = self.open_store()?;
+        let pinned = store
+            .meta("federation")?
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .map(|b| FederationId(kervan_protocol::Hash(b)))
+            .ok_or(DataDirError::NotJoined)?;
+        if let Some(configured) = config.federation.filter(|c| *c != pinned) {
+            return Err(DataDirError::OtherFederation {
+                current: pinned,
+                other: configured,
+            });
+        }
+        let identity = self.identity(&config, &store)?;
+        Ok(Replica::open(
+            store,
+            pinned,
+            Some(identity),
+            Self::options(&config),
+        )?)
+    }
+}
+
+fn this_year() -> i64 {
+    i64::from(time::OffsetDateTime::now_utc().year())
+}

@@ -1,0 +1,1531 @@
+//! The replica: owns the Automerge documents and the store, runs every change through the
+//! validation rules, applies what they accept in batches, keeps what must wait, records what
+//! they refuse, and keeps the query index current.
+//!
+//! Its state is a function of the set of changes it holds: whatever order changes arrive in,
+//! the accepted set, and so the documents and the state digest, come out the same. Equivocation
+//! is the one fact that can take back an acceptance; when it does, the replica rebuilds every
+//! document from its stored signed changes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{AutoCommit, ObjId, ObjType, ROOT, ReadDoc};
+use ed25519_dalek::SigningKey;
+use kervan_protocol::records::{self, Field, FieldError, FieldErrors, Mode};
+use kervan_protocol::rules::{self, CausalInfo, ObjKey, ObjectInfo};
+use kervan_protocol::{
+    Actor, Bundle, Checked, Context, DecodeError, DeviceKey, DocId, FederationId, Hash, Limits,
+    ParkId, PendingReason, RecordId, Registration, RejectReason, SignedChange, Touched, Verdict,
+    Verified,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::query::Index;
+use crate::store::{Evidence, Rejected, Store, StoreError};
+
+/// Why a replica operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("invalid fields: {0}")]
+    Invalid(FieldErrors),
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{id} belongs to park {owner}; this node writes only for park {park}")]
+    Forbidden {
+        id: String,
+        owner: ParkId,
+        park: ParkId,
+    },
+    #[error("{0} already exists")]
+    Conflict(RecordId),
+    #[error("this node has no ledger yet: {0}")]
+    NoLedger(String),
+    #[error("this node has no device identity")]
+    NoIdentity,
+    #[error("automerge refused a change the rules accepted: {0}")]
+    Automerge(String),
+    #[error("the rules refused this node's own change: {0}")]
+    OwnChangeRefused(String),
+    #[error("snapshot of {doc} is corrupt: {why}")]
+    Snapshot { doc: DocId, why: String },
+}
+
+/// What this node is: the park it writes for and its device key.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub park: ParkId,
+    pub key: SigningKey,
+    /// Drawn when the store was created, so a recreated store is a new actor.
+    pub epoch: [u8; 8],
+}
+
+impl Identity {
+    pub fn actor(&self) -> Actor {
+        Actor {
+            key: self.device(),
+            epoch: self.epoch,
+        }
+    }
+
+    pub fn device(&self) -> DeviceKey {
+        DeviceKey(self.key.verifying_key().to_bytes())
+    }
+}
+
+/// Tunables of the replica.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub limits: Limits,
+    /// Changes kept while they wait; the oldest is dropped beyond this (sync fetches it again).
+    pub max_pending: usize,
+    /// A document is snapshotted after this many accepted changes.
+    pub snapshot_every: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            max_pending: 10_000,
+            snapshot_every: 1_000,
+        }
+    }
+}
+
+/// What became of one change handed to the replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Accepted,
+    Duplicate,
+    Pending { reason: String },
+    Rejected { code: String, reason: String },
+}
+
+/// The outcome of one change, named by its hash where the envelope parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub hash: Option<Hash>,
+    pub doc: Option<DocId>,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// Counters since start, for status and metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub pending_dropped: u64,
+    pub rejected: BTreeMap<String, u64>,
+    /// Seconds spent applying batches, one entry per batch (the last 1024).
+    #[serde(skip)]
+    pub apply_seconds: VecDeque<f64>,
+    pub rebuilds: u64,
+}
+
+/// The result of re-verifying every stored change.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub stored: usize,
+    pub verified: usize,
+    pub failed: Vec<(String, String)>,
+    pub accepted: usize,
+    pub pending: usize,
+    pub excluded: usize,
+    pub rejected: usize,
+    pub evidence: usize,
+    pub digest: String,
+}
+
+/// One document and what the replica knows about its accepted changes.
+struct DocState {
+    doc: AutoCommit,
+    /// Accepted changes in the order they were accepted: a causal order.
+    order: Vec<Hash>,
+    accepted: HashMap<Hash, CausalInfo>,
+    excluded: HashSet<Hash>,
+    objects: HashMap<ObjKey, ObjectInfo>,
+    /// Each actor's newest accepted change: the summary behind the state digest.
+    heads: BTreeMap<Actor, (u64, Hash)>,
+    registrations: Vec<Registration>,
+    since_snapshot: usize,
+}
+
+/// What a snapshot keeps beside the saved document.
+#[derive(Serialize, Deserialize)]
+struct DocMeta {
+    order: Vec<(Hash, CausalInfo)>,
+    excluded: Vec<Hash>,
+    objects: Vec<(ObjKey, ObjectInfo)>,
+    registrations: Vec<Registration>,
+}
+
+impl DocState {
+    fn new(actor: Option<Actor>) -> Self {
+        let mut doc = AutoCommit::new();
+        if let Some(a) = actor {
+            doc.set_actor(a.to_automerge());
+        }
+        Self {
+            doc,
+            order: Vec::new(),
+            accepted: HashMap::new(),
+            excluded: HashSet::new(),
+            objects: HashMap::new(),
+            heads: BTreeMap::new(),
+            registrations: Vec::new(),
+            since_snapshot: 0,
+        }
+    }
+
+    fn accept(&mut self, c: &Checked) {
+        self.order.push(c.hash);
+        self.accepted.insert(c.hash, c.info.clone());
+        self.objects.extend(c.objects.iter().cloned());
+        let head = self.heads.entry(c.info.actor).or_insert((0, c.hash));
+        if c.info.seq >= head.0 {
+            *head = (c.info.seq, c.hash);
+        }
+        self.registrations.extend(c.registrations.iter().cloned());
+        self.since_snapshot += 1;
+    }
+
+    fn encode_snapshot(&mut self) -> Vec<u8> {
+        let meta = DocMeta {
+            order: self
+                .order
+                .iter()
+                .filter_map(|h| self.accepted.get(h).map(|i| (*h, i.clone())))
+                .collect(),
+            excluded: self.excluded.iter().copied().collect(),
+            objects: self.objects.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            registrations: self.registrations.clone(),
+        };
+        let meta = serde_json::to_vec(&meta).expect("snapshot metadata serialises");
+        let doc = self.doc.save();
+        let mut out = Vec::with_capacity(8 + meta.len() + doc.len());
+        out.extend_from_slice(&(meta.len() as u64).to_be_bytes());
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(&doc);
+        out
+    }
+
+    fn decode_snapshot(bytes: &[u8], actor: Option<Actor>) -> Result<Self, String> {
+        let len = bytes
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or("shorter than its header")? as usize;
+        let meta = bytes.get(8..8 + len).ok_or("metadata truncated")?;
+        let meta: DocMeta = serde_json::from_slice(meta).map_err(|e| e.to_string())?;
+        let mut doc = AutoCommit::load(&bytes[8 + len..]).map_err(|e| e.to_string())?;
+        if let Some(a) = actor {
+            doc.set_actor(a.to_automerge());
+        }
+        let mut state = Self::new(None);
+        state.doc = doc;
+        for (hash, info) in meta.order {
+            let head = state.heads.entry(info.actor).or_insert((0, hash));
+            if info.seq >= head.0 {
+                *head = (info.seq, hash);
+            }
+            state.order.push(hash);
+            state.accepted.insert(hash, info);
+        }
+        state.excluded = meta.excluded.into_iter().collect();
+        state.objects = meta.objects.into_iter().collect();
+        state.registrations = meta.registrations;
+        Ok(state)
+    }
+}
+
+/// Parks and devices the federation document registers.
+#[derive(Debug, Default)]
+struct Registry {
+    parks: BTreeSet<ParkId>,
+    devices: HashMap<DeviceKey, BTreeSet<ParkId>>,
+    roots: HashMap<ParkId, DeviceKey>,
+}
+
+impl Registry {
+    fn add(&mut self, r: &Registration) {
+        match r {
+            Registration::Park(p) => {
+                self.parks.insert(p.clone());
+            }
+            Registration::Device(p, k) => {
+                self.devices.entry(*k).or_default().insert(p.clone());
+            }
+            Registration::RootDevice(p, k) => {
+                self.roots.entry(p.clone()).or_insert(*k);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Wait {
+    Dep(Hash),
+    Device(DeviceKey),
+    Park(ParkId),
+}
+
+struct Waiting {
+    doc: DocId,
+    verified: Verified,
+    envelope: Vec<u8>,
+    source: String,
+    ticket: u64,
+}
+
+/// Changes that wait for a dependency or a registration, oldest first.
+#[derive(Default)]
+struct Pending {
+    items: HashMap<Hash, Waiting>,
+    by_ticket: BTreeMap<u64, Hash>,
+    waits: HashMap<Wait, Vec<Hash>>,
+    next: u64,
+}
+
+impl Pending {
+    fn insert(&mut self, w: Waiting, hash: Hash, reason: &PendingReason) {
+        let waits = match reason {
+            PendingReason::MissingDeps(deps) => deps.iter().map(|d| Wait::Dep(*d)).collect(),
+            PendingReason::UnknownDevice(k) => vec![Wait::Device(*k)],
+            PendingReason::UnknownPark(p) => vec![Wait::Park(p.clone())],
+        };
+        for w in waits {
+            self.waits.entry(w).or_default().push(hash);
+        }
+        let ticket = self.next;
+        self.next += 1;
+        self.by_ticket.insert(ticket, hash);
+        self.items.insert(hash, Waiting { ticket, ..w });
+    }
+
+    fn take(&mut self, hash: &Hash) -> Option<Waiting> {
+        let w = self.items.remove(hash)?;
+        self.by_ticket.remove(&w.ticket);
+        Some(w)
+    }
+
+    /// The changes that waited for `wait`; stale entries (already taken) are skipped.
+    fn wake(&mut self, wait: &Wait) -> Vec<Waiting> {
+        let hashes = self.waits.remove(wait).unwrap_or_default();
+        hashes.iter().filter_map(|h| self.take(h)).collect()
+    }
+
+    fn oldest(&mut self) -> Option<(Hash, Waiting)> {
+        let (_, hash) = self.by_ticket.pop_first()?;
+        let w = self.items.remove(&hash)?;
+        Some((hash, w))
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+struct Work {
+    doc: DocId,
+    verified: Verified,
+    envelope: Vec<u8>,
+    source: String,
+    report: Option<usize>,
+}
+
+/// The replica. One owner: the node's replica actor (or a CLI command) holds it.
+pub struct Replica<S: Store> {
+    store: S,
+    federation: FederationId,
+    identity: Option<Identity>,
+    opts: Options,
+    docs: BTreeMap<DocId, DocState>,
+    registry: Registry,
+    slots: HashMap<(DocId, Actor, u64), Hash>,
+    frozen: HashMap<(DocId, Actor), u64>,
+    pending: Pending,
+    index: Index,
+    stats: Stats,
+    /// Raised for the length of a restore, when order of arrival is arbitrary.
+    unbounded_pending: bool,
+}
+
+impl<S: Store> std::fmt::Debug for Replica<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("federation", &self.federation)
+            .field("docs", &self.docs.keys().collect::<Vec<_>>())
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The view of the replica the rules judge against.
+struct View<'a> {
+    federation: FederationId,
+    limits: Limits,
+    docs: &'a BTreeMap<DocId, DocState>,
+    registry: &'a Registry,
+    slots: &'a HashMap<(DocId, Actor, u64), Hash>,
+    frozen: &'a HashMap<(DocId, Actor), u64>,
+}
+
+impl Context for View<'_> {
+    fn federation(&self) -> FederationId {
+        self.federation
+    }
+    fn limits(&self) -> Limits {
+        self.limits
+    }
+    fn park_exists(&self, park: &ParkId) -> bool {
+        self.registry.parks.contains(park)
+    }
+    fn is_device(&self, park: &ParkId, key: &DeviceKey) -> bool {
+        self.registry
+            .devices
+            .get(key)
+            .is_some_and(|ps| ps.contains(park))
+    }
+    fn is_any_device(&self, key: &DeviceKey) -> bool {
+        self.registry.devices.contains_key(key)
+    }
+    fn root_device(&self, park: &ParkId) -> Option<DeviceKey> {
+        self.registry.roots.get(park).copied()
+    }
+    fn accepted(&self, doc: &DocId, hash: &Hash) -> Option<&CausalInfo> {
+        self.docs.get(doc)?.accepted.get(hash)
+    }
+    fn excluded(&self, doc: &DocId, hash: &Hash) -> bool {
+        self.docs
+            .get(doc)
+            .is_some_and(|d| d.excluded.contains(hash))
+    }
+    fn slot(&self, doc: &DocId, actor: &Actor, seq: u64) -> Option<Hash> {
+        self.slots.get(&(doc.clone(), *actor, seq)).copied()
+    }
+    fn frozen_from(&self, doc: &DocId, actor: &Actor) -> Option<u64> {
+        self.frozen.get(&(doc.clone(), *actor)).copied()
+    }
+    fn object(&self, doc: &DocId, key: &ObjKey) -> Option<&ObjectInfo> {
+        self.docs.get(doc)?.objects.get(key)
+    }
+}
+
+fn now_seconds() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The collections a caller writes through the replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    Startups,
+    Programs,
+    Applications,
+}
+
+impl Collection {
+    pub fn name(self) -> &'static str {
+        match self {
+            Collection::Startups => "startups",
+            Collection::Programs => "programs",
+            Collection::Applications => "applications",
+        }
+    }
+
+    fn fields(self) -> &'static [Field] {
+        match self {
+            Collection::Startups => records::STARTUP_FIELDS,
+            Collection::Programs => records::PROGRAM_FIELDS,
+            Collection::Applications => records::APPLICATION_FIELDS,
+        }
+    }
+
+    fn singular(self) -> &'static str {
+        match self {
+            Collection::Startups => "startup",
+            Collection::Programs => "program",
+            Collection::Applications => "application",
+        }
+    }
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ReplicaError {
+    ReplicaError::Invalid(FieldErrors(vec![FieldError {
+        field: field.into(),
+        message: message.into(),
+    }]))
+}
+
+fn this_year() -> i64 {
+    i64::from(time::OffsetDateTime::now_utc().year())
+}
+
+impl<S: Store> Replica<S> {
+    /// Opens the replica of a federation: loads each document's snapshot, then checks and
+    /// applies the stored changes after it.
+    pub fn open(
+        store: S,
+        federation: FederationId,
+        identity: Option<Identity>,
+        opts: Options,
+    ) -> Result<Self, ReplicaError> {
+        let mut replica = Self {
+            store,
+            federation,
+            identity,
+            opts,
+            docs: BTreeMap::new(),
+            registry: Registry::default(),
+            slots: HashMap::new(),
+            frozen: HashMap::new(),
+            pending: Pending::default(),
+            index: Index::default(),
+            stats: Stats::default(),
+            unbounded_pending: false,
+        };
+        replica.load(true)?;
+        Ok(replica)
+    }
+
+    fn actor(&self) -> Option<Actor> {
+        self.identity.as_ref().map(Identity::actor)
+    }
+
+    /// Loads the state from the store: snapshots if `use_snapshots`, then every stored change
+    /// they do not cover.
+    fn load(&mut self, use_snapshots: bool) -> Result<(), ReplicaError> {
+        self.docs.clear();
+        self.registry = Registry::default();
+        self.pending = Pending::default();
+        self.index = Index::default();
+        self.slots = self
+            .store
+            .slots()?
+            .into_iter()
+            .map(|(d, a, s, h)| ((d, a, s), h))
+            .collect();
+        self.frozen.clear();
+        for e in self.store.evidence()? {
+            let f = self.frozen.entry((e.doc, e.actor)).or_insert(e.seq);
+            *f = (*f).min(e.seq);
+        }
+        if use_snapshots {
+            self.load_snapshot(DocId::Federation)?;
+            let parks: Vec<ParkId> = self.registry.parks.iter().cloned().collect();
+            for p in parks {
+                self.load_snapshot(DocId::Ledger(p))?;
+            }
+        }
+        let tail: Vec<Vec<u8>> = self
+            .store
+            .changes()?
+            .into_iter()
+            .filter(|(h, _)| {
+                !self
+                    .docs
+                    .values()
+                    .any(|d| d.accepted.contains_key(h) || d.excluded.contains(h))
+            })
+            .map(|(_, env)| env)
+            .collect();
+        self.unbounded_pending = true;
+        let result = self.ingest_inner(tail, "restore");
+        self.unbounded_pending = false;
+        result?;
+        self.reindex_all();
+        Ok(())
+    }
+
+    fn load_snapshot(&mut self, doc: DocId) -> Result<(), ReplicaError> {
+        let Some(bytes) = self.store.snapshot(&doc)? else {
+            return Ok(());
+        };
+        let state = DocState::decode_snapshot(&bytes, self.actor()).map_err(|why| {
+            ReplicaError::Snapshot {
+                doc: doc.clone(),
+                why,
+            }
+        })?;
+        for r in &state.registrations {
+            self.registry.add(r);
+        }
+        self.docs.insert(doc, state);
+        Ok(())
+    }
+
+    /// Throws away every derived state and rebuilds it from the stored signed changes alone.
+    pub fn rebuild(&mut self) -> Result<(), ReplicaError> {
+        tracing::warn!("rebuilding every document from the stored signed changes");
+        self.stats.rebuilds += 1;
+        self.store.clear_snapshots()?;
+        self.load(false)?;
+        self.snapshot_all()?;
+        self.store.flush()?;
+        Ok(())
+    }
+
+    fn view(&self) -> View<'_> {
+        View {
+            federation: self.federation,
+            limits: self.opts.limits,
+            docs: &self.docs,
+            registry: &self.registry,
+            slots: &self.slots,
+            frozen: &self.frozen,
+        }
+    }
+
+    fn known(&self, doc: &DocId, hash: &Hash) -> Result<bool, StoreError> {
+        Ok(self
+            .docs
+            .get(doc)
+            .is_some_and(|d| d.accepted.contains_key(hash) || d.excluded.contains(hash))
+            || self.pending.items.contains_key(hash)
+            || self.store.is_rejected(hash)?)
+    }
+
+    /// Checks, stores and applies a batch of encoded envelopes from one source, and answers
+    /// for each. Everything accepted is durable when this returns.
+    pub fn ingest(
+        &mut self,
+        envelopes: Vec<Vec<u8>>,
+        source: &str,
+    ) -> Result<Vec<Report>, ReplicaError> {
+        self.ingest_inner(envelopes, source)
+    }
+
+    fn ingest_inner(
+        &mut self,
+        envelopes: Vec<Vec<u8>>,
+        source: &str,
+    ) -> Result<Vec<Report>, ReplicaError> {
+        let mut reports: Vec<Report> = Vec::with_capacity(envelopes.len());
+        let mut work = VecDeque::new();
+        for bytes in envelopes {
+            let idx = reports.len();
+            let (hash, doc, outcome) = self.admit(bytes, source, &mut work, idx)?;
+            reports.push(Report { hash, doc, outcome });
+        }
+        let mut to_apply: BTreeMap<DocId, Vec<automerge::Change>> = BTreeMap::new();
+        let mut touched: BTreeMap<DocId, BTreeSet<Touched>> = BTreeMap::new();
+        let mut needs_rebuild = false;
+        while let Some(w) = work.pop_front() {
+            let hash = w.verified.hash;
+            let verdict = rules::check_verified(&w.doc, w.verified.clone(), &self.view());
+            let outcome = match verdict {
+                Verdict::Accept(checked) => {
+                    self.store.put_change(&hash, &w.envelope)?;
+                    self.accept(&checked, &mut work);
+                    touched
+                        .entry(checked.doc.clone())
+                        .or_default()
+                        .extend(checked.touched.iter().cloned());
+                    to_apply
+                        .entry(checked.doc.clone())
+                        .or_default()
+                        .push(checked.change);
+                    self.stats.accepted += 1;
+                    Outcome::Accepted
+                }
+                Verdict::Pending(reason) => {
+                    self.store.put_change(&hash, &w.envelope)?;
+                    let text = reason.to_string();
+                    self.pending.insert(
+                        Waiting {
+                            doc: w.doc,
+                            verified: w.verified,
+                            envelope: w.envelope,
+                            source: w.source,
+                            ticket: 0,
+                        },
+                        hash,
+                        &reason,
+                    );
+                    self.bound_pending()?;
+                    Outcome::Pending { reason: text }
+                }
+                Verdict::Reject(reason) => {
+                    needs_rebuild |= self.refuse(&w, &reason)?;
+                    Outcome::Rejected {
+                        code: reason.code().into(),
+                        reason: reason.to_string(),
+                    }
+                }
+            };
+            if let Some(i) = w.report {
+                reports[i].outcome = outcome;
+            }
+        }
+        let started = Instant::now();
+        for (doc, changes) in to_apply {
+            let state = self
+                .docs
+                .get_mut(&doc)
+                .expect("a document exists once a change of it is accepted");
+            state
+                .doc
+                .apply_changes(changes)
+                .map_err(|e| ReplicaError::Automerge(e.to_string()))?;
+        }
+        self.record_apply(started.elapsed().as_secs_f64());
+        for (doc, t) in touched {
+            self.reindex(&doc, t);
+        }
+        self.store.flush()?;
+        if needs_rebuild {
+            self.rebuild()?;
+        } else {
+            self.maybe_snapshot()?;
+        }
+        Ok(reports)
+    }
+
+    fn record_apply(&mut self, secs: f64) {
+        if self.stats.apply_seconds.len() == 1024 {
+            self.stats.apply_seconds.pop_front();
+        }
+        self.stats.apply_seconds.push_back(secs);
+    }
+
+    /// Steps 1 and 2 for one envelope: decode, tell duplicates, verify the signature, claim the
+    /// change's slot. What passes goes on the work queue.
+    fn admit(
+        &mut self,
+        bytes: Vec<u8>,
+        source: &str,
+        work: &mut VecDeque<Work>,
+        idx: usize,
+    ) -> Result<(Option<Hash>, Option<DocId>, Outcome), ReplicaError> {
+        let raw_key = Hash(Sha256::digest(&bytes).into());
+        let envelope = match SignedChange::decode(&bytes, self.opts.limits.max_change_bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                let reason = RejectReason::from(e);
+                return Ok((None, None, self.reject_raw(raw_key, None, &reason, source)?));
+            }
+        };
+        let doc = envelope.doc.clone();
+        let parsed = match envelope.parse() {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = RejectReason::BadChange {
+                    message: e.to_string(),
+                };
+                return Ok((
+                    None,
+                    Some(doc.clone()),
+                    self.reject_raw(raw_key, Some(doc), &reason, source)?,
+                ));
+            }
+        };
+        let hash = Hash::from(parsed.hash());
+        if self.known(&doc, &hash)? {
+            self.stats.duplicates += 1;
+            return Ok((Some(hash), Some(doc), Outcome::Duplicate));
+        }
+        let verified = match rules::verify_parsed(&envelope, parsed, &self.view()) {
+            Ok(v) => v,
+            Err(reason) => {
+                return Ok((
+                    Some(hash),
+                    Some(doc.clone()),
+                    self.reject_raw(hash, Some(doc), &reason, source)?,
+                ));
+            }
+        };
+        let slot = (doc.clone(), verified.actor, verified.change.seq());
+        if !self.slots.contains_key(&slot) {
+            self.store.put_slot(&slot.0, &slot.1, slot.2, &hash)?;
+            self.slots.insert(slot, hash);
+        }
+        work.push_back(Work {
+            doc: doc.clone(),
+            verified,
+            envelope: bytes,
+            source: source.to_owned(),
+            report: Some(idx),
+        });
+        Ok((
+            Some(hash),
+            Some(doc),
+            Outcome::Pending {
+                reason: "not checked yet".into(),
+            },
+        ))
+    }
+
+    fn reject_raw(
+        &mut self,
+        key: Hash,
+        doc: Option<DocId>,
+        reason: &RejectReason,
+        source: &str,
+    ) -> Result<Outcome, ReplicaError> {
+        tracing::warn!(source, code = reason.code(), %reason, "rejected change");
+        *self
+            .stats
+            .rejected
+            .entry(reason.code().to_owned())
+            .or_default() += 1;
+        self.store.put_rejected(&Rejected {
+            key,
+            doc,
+            code: reason.code().into(),
+            reason: reason.to_string(),
+            source: source.into(),
+            at: now_seconds(),
+            envelope: Vec::new(),
+        })?;
+        Ok(Outcome::Rejected {
+            code: reason.code().into(),
+            reason: reason.to_string(),
+        })
+    }
+
+    /// Records a verified change the rules refused. Returns whether an acceptance must be
+    /// taken back (equivocation by an actor whose changes were already applied).
+    fn refuse(&mut self, w: &Work, reason: &RejectReason) -> Result<bool, ReplicaError> {
+        let hash = w.verified.hash;
+        let actor = w.verified.actor;
+        let seq = w.verified.change.seq();
+        tracing::warn!(source = %w.source, doc = %w.doc, %hash, code = reason.code(), %reason, "rejected change");
+        *self
+            .stats
+            .rejected
+            .entry(reason.code().to_owned())
+            .or_default() += 1;
+        let mut rebuild = false;
+        match reason {
+            RejectReason::Equivocation { other, .. } => {
+                let other_env = match self.store.change(other)? {
+                    Some(e) => e,
+                    None => self
+                        .store
+                        .rejected()?
+                        .into_iter()
+                        .find(|r| r.key == *other)
+                        .map(|r| r.envelope)
+                        .unwrap_or_default(),
+                };
+                self.store.put_evidence(&Evidence {
+                    doc: w.doc.clone(),
+                    actor,
+                    seq,
+                    hashes: vec![*other, hash],
+                    envelopes: vec![other_env, w.envelope.clone()],
+                })?;
+                let f = self.frozen.entry((w.doc.clone(), actor)).or_insert(seq);
+                *f = (*f).min(seq);
+                // Kept as proof; every later check of it answers the same.
+                self.store.put_change(&hash, &w.envelope)?;
+                rebuild = self
+                    .docs
+                    .get(&w.doc)
+                    .and_then(|d| d.heads.get(&actor))
+                    .is_some_and(|(s, _)| *s >= seq);
+            }
+            RejectReason::Frozen { .. } | RejectReason::BuiltOnEquivocation { .. } => {
+                self.store.put_change(&hash, &w.envelope)?;
+                if let Some(d) = self.docs.get_mut(&w.doc) {
+                    d.excluded.insert(hash);
+                }
+            }
+            _ => {}
+        }
+        self.store.put_rejected(&Rejected {
+            key: hash,
+            doc: Some(w.doc.clone()),
+            code: reason.code().into(),
+            reason: reason.to_string(),
+            source: w.source.clone(),
+            at: now_seconds(),
+            envelope: w.envelope.clone(),
+        })?;
+        Ok(rebuild)
+    }
+
+    /// Takes an accepted change into the replica's knowledge and wakes what waited for it.
+    fn accept(&mut self, c: &Checked, work: &mut VecDeque<Work>) {
+        let actor = self.actor();
+        let state = self
+            .docs
+            .entry(c.doc.clone())
+            .or_insert_with(|| DocState::new(actor));
+        state.accept(c);
+        let mut wakes = vec![Wait::Dep(c.hash)];
+        for r in &c.registrations {
+            self.registry.add(r);
+            match r {
+                Registration::Park(p) => wakes.push(Wait::Park(p.clone())),
+                Registration::Device(_, k) => wakes.push(Wait::Device(*k)),
+                Registration::RootDevice(..) => {}
+            }
+        }
+        for wait in wakes {
+            for w in self.pending.wake(&wait) {
+                work.push_back(Work {
+                    doc: w.doc,
+                    verified: w.verified,
+                    envelope: w.envelope,
+                    source: w.source,
+                    report: None,
+                });
+            }
+        }
+    }
+
+    fn bound_pending(&mut self) -> Result<(), ReplicaError> {
+        if self.unbounded_pending {
+            return Ok(());
+        }
+        while self.pending.len() > self.opts.max_pending {
+            let Some((hash, w)) = self.pending.oldest() else {
+                break;
+            };
+            tracing::warn!(doc = %w.doc, %hash, "pending queue full: dropped the oldest change");
+            self.store.remove_change(&hash)?;
+            self.stats.pending_dropped += 1;
+        }
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), ReplicaError> {
+        let due: Vec<DocId> = self
+            .docs
+            .iter()
+            .filter(|(_, d)| d.since_snapshot >= self.opts.snapshot_every)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for doc in due {
+            self.snapshot(&doc)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, doc: &DocId) -> Result<(), ReplicaError> {
+        if let Some(state) = self.docs.get_mut(doc) {
+            let bytes = state.encode_snapshot();
+            state.since_snapshot = 0;
+            self.store.put_snapshot(doc, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Snapshots every document and flushes: what a clean shutdown does.
+    pub fn snapshot_all(&mut self) -> Result<(), ReplicaError> {
+        let docs: Vec<DocId> = self.docs.keys().cloned().collect();
+        for doc in docs {
+            self.snapshot(&doc)?;
+        }
+        self.store.flush()?;
+        Ok(())
+    }
+
+    // ---- the query index ----
+
+    fn reindex_all(&mut self) {
+        let docs: Vec<DocId> = self.docs.keys().cloned().collect();
+        for doc in docs {
+            let mut touched = BTreeSet::new();
+            match &doc {
+                DocId::Federation => {
+                    for p in &self.registry.parks {
+                        touched.insert(Touched::Park(p.clone()));
+                    }
+                }
+                DocId::Ledger(_) => {
+                    let state = self.docs.get_mut(&doc).expect("listed above");
+                    for collection in records::COLLECTIONS {
+                        let Some(obj) = child(&state.doc, &ROOT, collection) else {
+                            continue;
+                        };
+                        for key in state.doc.keys(&obj) {
+                            if let Ok(id) = key.parse() {
+                                touched.insert(Touched::Record { collection, id });
+                            }
+                        }
+                    }
+                }
+            }
+            self.reindex(&doc, touched);
+        }
+    }
+
+    fn reindex(&mut self, doc: &DocId, touched: BTreeSet<Touched>) {
+        let Some(state) = self.docs.get(doc) else {
+            return;
+        };
+        for t in touched {
+            match t {
+                Touched::Park(p) => {
+                    let park = read_park(&state.doc, &p);
+                    self.index.set_park(p, park);
+                }
+                Touched::Record { collection, id } => {
+                    let fields = records::collection_fields(collection).unwrap_or(&[]);
+                    let stored = child(&state.doc, &ROOT, collection)
+                        .and_then(|c| child(&state.doc, &c, &id.to_string()))
+                        .and_then(|o| state.doc.hydrate(&o, None).ok())
+                        .map(|v| records::record_from_automerge(fields, &v));
+                    match collection {
+                        "startups" => {
+                            let r = stored.and_then(|v| records::read_record(&id, v));
+                            self.index.set_startup(id, r);
+                        }
+                        "programs" => {
+                            let r = stored.and_then(|v| records::read_record(&id, v));
+                            self.index.set_program(id, r);
+                        }
+                        "applications" => {
+                            let r = stored.and_then(|v| records::read_record(&id, v));
+                            self.index.set_application(id, r);
+                        }
+                        "decisions" => {
+                            let r = stored.and_then(|v| serde_json::from_value(v).ok());
+                            if let Some(by) = doc.park() {
+                                self.index.set_decision(id, by.clone(), r);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- reads ----
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn federation(&self) -> FederationId {
+        self.federation
+    }
+
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn accepted_count(&self) -> usize {
+        self.docs.values().map(|d| d.accepted.len()).sum()
+    }
+
+    pub fn has_doc(&self, doc: &DocId) -> bool {
+        self.docs.contains_key(doc)
+    }
+
+    /// Whether the device is registered for the park.
+    pub fn is_device(&self, park: &ParkId, key: &DeviceKey) -> bool {
+        self.view().is_device(park, key)
+    }
+
+    /// For each (doc, actor), the newest accepted seq and its hash.
+    pub fn summary(&self) -> Vec<(DocId, Actor, u64, Hash)> {
+        self.docs
+            .iter()
+            .flat_map(|(doc, d)| {
+                d.heads
+                    .iter()
+                    .map(move |(a, (s, h))| (doc.clone(), *a, *s, *h))
+            })
+            .collect()
+    }
+
+    /// The state digest: equal on two nodes exactly when they hold the same accepted changes.
+    pub fn digest(&self) -> Hash {
+        let mut h = Sha256::new();
+        h.update(b"kervan/digest/v1");
+        for (doc, actor, seq, hash) in self.summary() {
+            h.update(doc.to_string().as_bytes());
+            h.update([0]);
+            h.update(actor.to_bytes());
+            h.update(seq.to_be_bytes());
+            h.update(hash.0);
+        }
+        Hash(h.finalize().into())
+    }
+
+    /// Every accepted change, federation document first, each document in causal order.
+    pub fn export(&self, since: Option<i64>) -> Result<Bundle, ReplicaError> {
+        let mut entries = Vec::new();
+        for d in self.docs.values() {
+            for hash in &d.order {
+                let Some(env) = self.store.change(hash)? else {
+                    continue;
+                };
+                if let Some(since) = since {
+                    let time = SignedChange::decode(&env, usize::MAX)
+                        .ok()
+                        .and_then(|e| e.parse().ok())
+                        .map(|c| c.timestamp());
+                    if time.is_some_and(|t| t < since) {
+                        continue;
+                    }
+                }
+                entries.push(env);
+            }
+        }
+        Ok(Bundle {
+            federation: self.federation,
+            entries,
+        })
+    }
+
+    /// Imports a bundle file's bytes: the framing must be sound and the bundle of this
+    /// federation before any change in it is looked at.
+    pub fn import(&mut self, bytes: &[u8], source: &str) -> Result<Vec<Report>, ImportError> {
+        let limit =
+            self.opts.limits.max_change_bytes + kervan_protocol::envelope::ENVELOPE_OVERHEAD;
+        let bundle = Bundle::decode(bytes, MAX_BUNDLE_BYTES, limit)?;
+        if bundle.federation != self.federation {
+            return Err(ImportError::Federation {
+                found: bundle.federation,
+                expected: self.federation,
+            });
+        }
+        Ok(self.ingest(bundle.entries, source)?)
+    }
+
+    /// Re-verifies every stored change against its key and signature, and counts.
+    pub fn verify_all(&self) -> Result<VerifyReport, ReplicaError> {
+        let stored = self.store.changes()?;
+        let mut failed = Vec::new();
+        let mut verified = 0;
+        for (key, env) in &stored {
+            let result = SignedChange::decode(env, usize::MAX)
+                .map_err(|e| e.to_string())
+                .and_then(|e| e.verify(&self.federation).map_err(|e| e.to_string()))
+                .and_then(|v| {
+                    if v.hash == *key {
+                        Ok(())
+                    } else {
+                        Err(format!("stored under {key} but hashes to {}", v.hash))
+                    }
+                });
+            match result {
+                Ok(()) => verified += 1,
+                Err(why) => failed.push((key.to_string(), why)),
+            }
+        }
+        Ok(VerifyReport {
+            stored: stored.len(),
+            verified,
+            failed,
+            accepted: self.accepted_count(),
+            pending: self.pending.len(),
+            excluded: self.docs.values().map(|d| d.excluded.len()).sum(),
+            rejected: self.store.rejected()?.len(),
+            evidence: self.store.evidence()?.len(),
+            digest: self.digest().to_string(),
+        })
+    }
+
+    // ---- local writes ----
+
+    /// Makes one change to a document as this device, checks it by the same rules as a peer's,
+    /// stores and flushes it. The change is durable when this returns.
+    fn write(
+        &mut self,
+        doc: &DocId,
+        edit: impl FnOnce(&mut AutoCommit) -> Result<(), automerge::AutomergeError>,
+    ) -> Result<Hash, ReplicaError> {
+        let identity = self.identity.clone().ok_or(ReplicaError::NoIdentity)?;
+        let state = self
+            .docs
+            .get_mut(doc)
+            .ok_or_else(|| ReplicaError::NoLedger(format!("{doc} has not been started")))?;
+        state.doc.set_actor(identity.actor().to_automerge());
+        if let Err(e) = edit(&mut state.doc) {
+            state.doc.rollback();
+            return Err(ReplicaError::Automerge(e.to_string()));
+        }
+        state
+            .doc
+            .commit_with(CommitOptions::default().with_time(now_seconds()))
+            .ok_or_else(|| invalid("(body)", "nothing to change"))?;
+        let mut change = state
+            .doc
+            .get_last_local_change()
+            .expect("a change was just committed");
+        let signed = SignedChange::sign(&self.federation, doc.clone(), &mut change, &identity.key);
+        let report = self.ingest(vec![signed.encode()], "local")?;
+        match report.first().map(|r| &r.outcome) {
+            Some(Outcome::Accepted) => Ok(Hash::from(change.hash())),
+            other => {
+                // The document already holds the refused change: rebuild it from the store,
+                // which never received it.
+                let why = format!("{other:?}");
+                tracing::error!(%doc, why, "own change refused; rebuilding");
+                self.rebuild()?;
+                Err(ReplicaError::OwnChangeRefused(why))
+            }
+        }
+    }
+
+    fn own_park(&self) -> Result<ParkId, ReplicaError> {
+        self.identity
+            .as_ref()
+            .map(|i| i.park.clone())
+            .ok_or(ReplicaError::NoIdentity)
+    }
+
+    /// Starts this park's ledger if this device is the root device the genesis names and the
+    /// ledger does not exist yet. Returns whether it did.
+    pub fn start_ledger(&mut self) -> Result<bool, ReplicaError> {
+        let identity = self.identity.clone().ok_or(ReplicaError::NoIdentity)?;
+        let doc = DocId::Ledger(identity.park.clone());
+        if self.docs.contains_key(&doc)
+            || self.registry.roots.get(&identity.park) != Some(&identity.device())
+        {
+            return Ok(false);
+        }
+        let mut change = kervan_protocol::ledger_root_change(identity.actor(), now_seconds());
+        let signed = SignedChange::sign(&self.federation, doc, &mut change, &identity.key);
+        let report = self.ingest(vec![signed.encode()], "local")?;
+        match report.first().map(|r| &r.outcome) {
+            Some(Outcome::Accepted) => Ok(true),
+            other => Err(ReplicaError::OwnChangeRefused(format!("{other:?}"))),
+        }
+    }
+
+    fn ledger(&self) -> Result<DocId, ReplicaError> {
+        Ok(DocId::Ledger(self.own_park()?))
+    }
+
+    fn check_owner(&self, id: &RecordId) -> Result<(), ReplicaError> {
+        let park = self.own_park()?;
+        if id.park() != &park {
+            return Err(ReplicaError::Forbidden {
+                id: id.to_string(),
+                owner: id.park().clone(),
+                park,
+            });
+        }
+        Ok(())
+    }
+
+    fn exists(&self, collection: Collection, id: &RecordId) -> bool {
+        match collection {
+            Collection::Startups => self.index.startup(id).is_some(),
+            Collection::Programs => self.index.program(id).is_some(),
+            Collection::Applications => self.index.application(id).is_some(),
+        }
+    }
+
+    /// Creates a record of this park. `local` names it; without it the node assigns a ULID.
+    pub fn create(
+        &mut self,
+        collection: Collection,
+        local: Option<&str>,
+        input: &Value,
+    ) -> Result<RecordId, ReplicaError> {
+        let park = self.own_park()?;
+        records::validate_input(collection.fields(), input, Mode::Create, this_year())
+            .map_err(ReplicaError::Invalid)?;
+        let local = local.map_or_else(|| ulid::Ulid::new().to_string(), str::to_owned);
+        let id = RecordId::new(park, &local).map_err(|e| invalid("id", e.to_string()))?;
+        if self.exists(collection, &id) {
+            return Err(ReplicaError::Conflict(id));
+        }
+        self.check_relations(collection, input, None)?;
+        let mut obj = input.as_object().cloned().unwrap_or_default();
+        let now = Value::String(now_rfc3339());
+        match collection {
+            Collection::Applications => {
+                obj.insert("submitted_at".into(), now);
+            }
+            _ => {
+                obj.insert("created_at".into(), now.clone());
+                obj.insert("updated_at".into(), now);
+            }
+        }
+        let value = records::record_to_automerge(collection.fields(), &obj);
+        let key = id.to_string();
+        self.write(&self.ledger()?, |doc| {
+            let coll = child(doc, &ROOT, collection.name()).ok_or_else(no_collection)?;
+            doc.batch_create_object(&coll, key.as_str(), &value, false)?;
+            Ok(())
+        })?;
+        Ok(id)
+    }
+
+    /// Cross-record checks of a create or patch: an application's startup is this park's and
+    /// exists, its program exists; a program ends after it starts.
+    fn check_relations(
+        &self,
+        collection: Collection,
+        input: &Value,
+        existing: Option<&Value>,
+    ) -> Result<(), ReplicaError> {
+        let get = |k: &str| {
+            input
+                .get(k)
+                .or_else(|| existing.and_then(|e| e.get(k)))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        match collection {
+            Collection::Applications => {
+                if let Some(s) = input.get("startup").and_then(Value::as_str) {
+                    let id: RecordId = s
+                        .parse()
+                        .map_err(|_| invalid("startup", "not a record id"))?;
+                    self.check_owner(&id)?;
+                    if self.index.startup(&id).is_none() {
+                        return Err(invalid("startup", format!("no startup {id}")));
+                    }
+                }
+                if let Some(p) = input.get("program").and_then(Value::as_str) {
+                    let id: RecordId = p
+                        .parse()
+                        .map_err(|_| invalid("program", "not a record id"))?;
+                    if self.index.program(&id).is_none() {
+                        return Err(invalid("program", format!("no program {id}")));
+                    }
+                }
+            }
+            Collection::Programs => {
+                if let (Some(s), Some(e)) = (get("starts"), get("ends"))
+                    && let (Some(s), Some(e)) = (records::parse_date(&s), records::parse_date(&e))
+                    && e < s
+                {
+                    return Err(invalid("ends", "expected a date on or after starts"));
+                }
+            }
+            Collection::Startups => {}
+        }
+        Ok(())
+    }
+
+    /// Changes the named fields of a record of this park; `null` removes an optional field.
+    pub fn update(
+        &mut self,
+        collection: Collection,
+        id: &RecordId,
+        patch: &Value,
+    ) -> Result<(), ReplicaError> {
+        self.check_owner(id)?;
+        if !self.exists(collection, id) {
+            return Err(ReplicaError::NotFound {
+                what: collection.singular(),
+                id: id.to_string(),
+            });
+        }
+        records::validate_input(collection.fields(), patch, Mode::Patch, this_year())
+            .map_err(ReplicaError::Invalid)?;
+        if collection == Collection::Applications
+            && (patch.get("startup").is_some() || patch.get("program").is_some())
+        {
+            return Err(invalid(
+                "program",
+                "an application's startup and program cannot change; withdraw it and apply again",
+            ));
+        }
+        let existing = match collection {
+            Collection::Programs => self
+                .index
+                .program(id)
+                .and_then(|p| serde_json::to_value(p).ok()),
+            _ => None,
+        };
+        self.check_relations(collection, patch, existing.as_ref())?;
+        let fields = collection.fields();
+        let obj = patch.as_object().cloned().unwrap_or_default();
+        let key = id.to_string();
+        let stamp = (collection != Collection::Applications).then(now_rfc3339);
+        self.write(&self.ledger()?, |doc| {
+            let coll = child(doc, &ROOT, collection.name()).ok_or_else(no_collection)?;
+            let rec = child(doc, &coll, &key).ok_or_else(no_collection)?;
+            for (k, v) in &obj {
+                if v.is_null() {
+                    doc.delete(&rec, k.as_str())?;
+                    continue;
+                }
+                let Some(f) = records::find_field(fields, k) else {
+                    continue;
+                };
+                match records::field_to_automerge(&f.kind, v) {
+                    automerge::hydrate::Value::Scalar(s) => doc.put(&rec, k.as_str(), s)?,
+                    other => {
+                        doc.batch_create_object(&rec, k.as_str(), &other, false)?;
+                    }
+                }
+            }
+            if let Some(stamp) = &stamp {
+                doc.put(&rec, "updated_at", stamp.as_str())?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Removes a record of this park.
+    pub fn remove(&mut self, collection: Collection, id: &RecordId) -> Result<(), ReplicaError> {
+        self.check_owner(id)?;
+        if !self.exists(collection, id) {
+            return Err(ReplicaError::NotFound {
+                what: collection.singular(),
+                id: id.to_string(),
+            });
+        }
+        let key = id.to_string();
+        self.write(&self.ledger()?, |doc| {
+            let coll = child(doc, &ROOT, collection.name()).ok_or_else(no_collection)?;
+            doc.delete(&coll, key.as_str())
+        })?;
+        Ok(())
+    }
+
+    /// Records this park's decision on an application to one of its programs.
+    pub fn decide(&mut self, app: &RecordId, input: &Value) -> Result<(), ReplicaError> {
+        let park = self.own_park()?;
+        let application = self
+            .index
+            .application(app)
+            .ok_or_else(|| ReplicaError::NotFound {
+                what: "application",
+                id: app.to_string(),
+            })?;
+        if application.program.park() != &park {
+            return Err(ReplicaError::Forbidden {
+                id: application.program.to_string(),
+                owner: application.program.park().clone(),
+                park,
+            });
+        }
+        records::validate_input(records::DECISION_FIELDS, input, Mode::Create, this_year())
+            .map_err(ReplicaError::Invalid)?;
+        let mut obj = input.as_object().cloned().unwrap_or_default();
+        obj.insert("decided_at".into(), Value::String(now_rfc3339()));
+        let value = records::record_to_automerge(records::DECISION_FIELDS, &obj);
+        let key = app.to_string();
+        self.write(&self.ledger()?, |doc| {
+            let coll = child(doc, &ROOT, "decisions").ok_or_else(no_collection)?;
+            doc.batch_create_object(&coll, key.as_str(), &value, false)?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
+impl<S: Store> Replica<S> {
+    /// Registers a further device of this park in the federation document.
+    pub fn add_device(
+        &mut self,
+        key: DeviceKey,
+        label: Option<&str>,
+    ) -> Result<Hash, ReplicaError> {
+        let park = self.own_park()?;
+        if self.is_device(&park, &key) {
+            return Err(invalid(
+                "key",
+                format!("device {key} is already registered for {park}"),
+            ));
+        }
+        if let Some(l) = label {
+            records::check_scalar(
+                &records::DEVICE_FIELDS[0].kind,
+                records::Scalar::Str(l),
+                None,
+            )
+            .map_err(|m| invalid("label", m))?;
+        }
+        let mut device = serde_json::Map::new();
+        device.insert("added_at".into(), Value::String(now_rfc3339()));
+        if let Some(l) = label {
+            device.insert("label".into(), Value::String(l.into()));
+        }
+        let value = records::record_to_automerge(records::DEVICE_FIELDS, &device);
+        self.write(&DocId::Federation, |doc| {
+            let parks = child(doc, &ROOT, "parks").ok_or_else(no_collection)?;
+            let p = child(doc, &parks, park.as_str()).ok_or_else(no_collection)?;
+            let devices = child(doc, &p, "devices").ok_or_else(no_collection)?;
+            doc.batch_create_object(&devices, key.to_hex(), &value, false)?;
+            Ok(())
+        })
+    }
+}
+
+/// The largest bundle file `import` reads: 1 GiB.
+pub const MAX_BUNDLE_BYTES: usize = 1 << 30;
+
+/// Why a bundle could not be imported at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("bundle is not readable: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("bundle belongs to federation {found}, this node is in {expected}")]
+    Federation {
+        found: FederationId,
+        expected: FederationId,
+    },
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+}
+
+fn no_collection() -> automerge::AutomergeError {
+    automerge::AutomergeError::InvalidObjId("collection or record".into())
+}
+
+/// The map under `key` in `obj`, if there is one.
+fn child(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<ObjId> {
+    match doc.get(obj, key).ok()?? {
+        (automerge::Value::Object(ObjType::Map), id) => Some(id),
+        _ => None,
+    }
+}
+
+fn read_park(doc: &AutoCommit, park: &ParkId) -> Option<records::Park> {
+    let parks = child(doc, &ROOT, "parks")?;
+    let obj = child(doc, &parks, park.as_str())?;
+    let value = doc.hydrate(&obj, None).ok()?;
+    let mut json = records::record_from_automerge(records::PARK_FIELDS, &value);
+    let mut devices = Vec::new();
+    if let Some(dobj) = child(doc, &obj, "devices") {
+        for key in doc.keys(&dobj) {
+            let Ok(k) = key.parse::<DeviceKey>() else {
+                continue;
+            };
+            let d = child(doc, &dobj, &key)
+                .and_then(|o| doc.hydrate(&o, None).ok())
+                .map(|v| records::record_from_automerge(records::DEVICE_FIELDS, &v))
+                .unwrap_or(Value::Null);
+            devices.push(serde_json::json!({
+                "key": k, "label": d.get("label"), "added_at": d.get("added_at"),
+            }));
+        }
+    }
+    let o = json.as_object_mut()?;
+    o.insert("id".into(), Value::String(park.to_string()));
+    o.insert("devices".into(), Value::Array(devices));
+    serde_json::from_value(json).ok()
+}
