@@ -15,7 +15,10 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
-use kervan_protocol::{Bundle, DeviceKey, FederationId, ParkCard, SignedChange, genesis};
+use kervan_protocol::{
+    Actor, Bundle, DeviceKey, DocId, FederationId, GenesisError, Hash, ParkCard, SignedChange,
+    genesis,
+};
 
 use crate::config::{Config, ConfigError};
 use crate::replica::{Identity, Options, Replica, ReplicaError};
@@ -305,4 +308,37 @@ impl DataDir {
 
 fn this_year() -> i64 {
     i64::from(time::OffsetDateTime::now_utc().year())
+}
+
+/// Builds a federation's genesis file from the founding parks' cards and returns its id and
+/// bytes. The convener's key signs nothing but the genesis: the genesis is trusted because
+/// every member pins its hash, not because of who signed it.
+pub fn genesis_file(
+    name: &str,
+    charter: &str,
+    cards: &[ParkCard],
+) -> Result<(FederationId, Vec<u8>), GenesisError> {
+    let convener = SigningKey::generate(&mut rand::rng());
+    let actor = Actor {
+        key: DeviceKey(convener.verifying_key().to_bytes()),
+        epoch: rand::random(),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let created_at = now
+        .replace_nanosecond(0)
+        .unwrap_or(now)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut change = genesis::genesis_change(
+        actor,
+        name,
+        charter,
+        cards,
+        now.unix_timestamp(),
+        &created_at,
+        i64::from(now.year()),
+    )?;
+    let federation = FederationId(Hash::from(change.hash()));
+    let signed = SignedChange::sign(&federation, DocId::Federation, &mut change, &convener);
+    Ok((federation, Bundle::new(federation, &[signed]).encode()))
 }

@@ -5,11 +5,13 @@
 //! - [`query`]: the query index and its filters, sorting and paging.
 //! - [`config`]: the node's TOML configuration.
 //! - [`data_dir`]: the data directory: device key, API token, config, store.
+//! - [`sample`]: seeded sample records for the demo and tests.
 
 pub mod config;
 pub mod data_dir;
 pub mod query;
 pub mod replica;
+pub mod sample;
 pub mod store;
 
 pub use config::Config;

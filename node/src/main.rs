@@ -5,12 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ed25519_dalek::SigningKey;
 use kervan_node::replica::{Outcome, Report};
 use kervan_node::{DataDir, Replica, SledStore};
-use kervan_protocol::{
-    Actor, Bundle, DeviceKey, DocId, FederationId, Hash, ParkCard, SignedChange, genesis_change,
-};
+use kervan_protocol::{DeviceKey, ParkCard};
 
 /// Kervan: a federated registry of technoparks, their startups, programs and applications.
 #[derive(Debug, Parser)]
@@ -252,30 +249,8 @@ fn genesis(args: GenesisArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("card {} is invalid", path.display()))?;
         cards.push(card);
     }
-    // The convener's key signs nothing but the genesis: the genesis is trusted because every
-    // member pins its hash, not because of who signed it.
-    let convener = SigningKey::generate(&mut rand::rng());
-    let actor = Actor {
-        key: DeviceKey(convener.verifying_key().to_bytes()),
-        epoch: rand::random(),
-    };
-    let now = time::OffsetDateTime::now_utc();
-    let created_at = now
-        .replace_nanosecond(0)?
-        .format(&time::format_description::well_known::Rfc3339)?;
-    let mut change = genesis_change(
-        actor,
-        &args.name,
-        &charter,
-        &cards,
-        now.unix_timestamp(),
-        &created_at,
-        i64::from(now.year()),
-    )?;
-    let federation = FederationId(Hash::from(change.hash()));
-    let signed = SignedChange::sign(&federation, DocId::Federation, &mut change, &convener);
-    let bundle = Bundle::new(federation, &[signed]);
-    std::fs::write(&args.out, bundle.encode())
+    let (federation, bytes) = kervan_node::data_dir::genesis_file(&args.name, &charter, &cards)?;
+    std::fs::write(&args.out, bytes)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!(
         "wrote the genesis of {:?} with {} parks to {}",

@@ -1152,12 +1152,13 @@ impl<S: Store> Replica<S> {
     // ---- local writes ----
 
     /// Makes one change to a document as this device, checks it by the same rules as a peer's,
-    /// stores and flushes it. The change is durable when this returns.
+    /// stores and flushes it. The change is durable when this returns. An edit that changes
+    /// nothing makes no change and answers `None`.
     fn write(
         &mut self,
         doc: &DocId,
         edit: impl FnOnce(&mut AutoCommit) -> Result<(), automerge::AutomergeError>,
-    ) -> Result<Hash, ReplicaError> {
+    ) -> Result<Option<Hash>, ReplicaError> {
         let identity = self.identity.clone().ok_or(ReplicaError::NoIdentity)?;
         let state = self
             .docs
@@ -1168,10 +1169,14 @@ impl<S: Store> Replica<S> {
             state.doc.rollback();
             return Err(ReplicaError::Automerge(e.to_string()));
         }
-        state
+        if state
             .doc
             .commit_with(CommitOptions::default().with_time(now_seconds()))
-            .ok_or_else(|| invalid("(body)", "nothing to change"))?;
+            .is_none()
+        {
+            // The edit set what was already there: nothing to sign, nothing to send.
+            return Ok(None);
+        }
         let mut change = state
             .doc
             .get_last_local_change()
@@ -1179,7 +1184,7 @@ impl<S: Store> Replica<S> {
         let signed = SignedChange::sign(&self.federation, doc.clone(), &mut change, &identity.key);
         let report = self.ingest(vec![signed.encode()], "local")?;
         match report.first().map(|r| &r.outcome) {
-            Some(Outcome::Accepted) => Ok(Hash::from(change.hash())),
+            Some(Outcome::Accepted) => Ok(Some(Hash::from(change.hash()))),
             other => {
                 // The document already holds the refused change: rebuild it from the store,
                 // which never received it.
@@ -1471,7 +1476,8 @@ impl<S: Store> Replica<S> {
             let devices = child(doc, &p, "devices").ok_or_else(no_collection)?;
             doc.batch_create_object(&devices, key.to_hex(), &value, false)?;
             Ok(())
-        })
+        })?
+        .ok_or_else(|| invalid("key", "the registration changed nothing"))
     }
 }
 

@@ -1,0 +1,7 @@
+//! Kervan's scenario tests, linked into one binary. Each runs real park nodes: real data
+//! directories, real sled stores in temporary directories, signed changes moved as bundles.
+
+mod convergence;
+mod equivocation;
+mod hostile;
+mod restart;
