@@ -6,9 +6,11 @@
 //! - [`config`]: the node's TOML configuration.
 //! - [`data_dir`]: the data directory: device key, API token, config, store.
 //! - [`sample`]: seeded sample records for the demo and tests.
+//! - [`demo`]: `kervan demo`, a local federation with sample data.
 
 pub mod config;
 pub mod data_dir;
+pub mod demo;
 pub mod query;
 pub mod replica;
 pub mod sample;

@@ -69,6 +69,24 @@ enum Command {
     /// Manage this park's devices.
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Build a local federation of real parks with sample data.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// How many parks (2 to 6), named after the federation's founding parks.
+    #[arg(long, default_value_t = 4)]
+    parks: usize,
+    /// Sample startups per park.
+    #[arg(long, default_value_t = 25)]
+    startups: usize,
+    /// Seed of the sample generator.
+    #[arg(long, default_value_t = 2026)]
+    seed: u64,
+    /// Where the parks' data directories go. A directory from an earlier demo is replaced.
+    #[arg(long, default_value = "kervan-demo")]
+    dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export { out, since } => export(&dir, &out, since.as_deref()),
         Command::Import { file, json } => import(&dir, &file, json),
         Command::Audit(AuditCommand::Verify { json }) => audit_verify(&dir, json),
+        Command::Demo(args) => demo(args),
         Command::Devices(DevicesCommand::Add { key, label }) => {
             let key: DeviceKey = key.parse()?;
             let mut replica = open(&dir)?;
@@ -356,6 +375,58 @@ fn audit_verify(dir: &DataDir, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+const DEMO_MARKER: &str = ".kervan-demo";
+
+fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if !(2..=6).contains(&args.parks) {
+        bail!("--parks must be 2 to 6, found {}", args.parks);
+    }
+    if args.dir.exists() {
+        if !args.dir.join(DEMO_MARKER).exists() {
+            bail!(
+                "{} exists and is not an earlier demo; pass --dir with a new directory",
+                args.dir.display()
+            );
+        }
+        std::fs::remove_dir_all(&args.dir)
+            .with_context(|| format!("cannot remove the earlier demo in {}", args.dir.display()))?;
+    }
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    std::fs::write(args.dir.join(DEMO_MARKER), "a kervan demo federation\n")?;
+    let demo = kervan_node::demo::build(&args.dir, args.parks, args.startups, args.seed)?;
+    println!("federation {}", demo.federation);
+    println!(
+        "{:<22} {:>8} {:>8} {:>12}  {:<16}  data dir",
+        "park", "startups", "programs", "applications", "digest"
+    );
+    for p in &demo.parks {
+        println!(
+            "{:<22} {:>8} {:>8} {:>12}  {:<16}  {}",
+            p.id,
+            p.startups,
+            p.programs,
+            p.applications,
+            &p.digest.to_string()[..16],
+            p.dir.display()
+        );
+    }
+    let equal = demo.parks.iter().all(|p| p.digest == demo.parks[0].digest);
+    println!(
+        "{}",
+        if equal {
+            "all parks hold the same registry (equal digests)"
+        } else {
+            "digests differ"
+        }
+    );
+    Ok(if equal {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

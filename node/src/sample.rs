@@ -8,12 +8,42 @@ use serde_json::{Value, json};
 use kervan_protocol::records::{LOOKING_FOR, PROGRAM_KINDS, SECTORS, STAGES};
 
 const PREFIXES: &[&str] = &[
-    "Qazaq", "Silk", "Steppe", "Altyn", "Tengri", "Samarkand", "Bukhara", "Issyk", "Caspian",
-    "Anatolia", "Ala-Too", "Nomad", "Khiva", "Baikonur", "Aral", "Turan", "Orda", "Kervan",
+    "Qazaq",
+    "Silk",
+    "Steppe",
+    "Altyn",
+    "Tengri",
+    "Samarkand",
+    "Bukhara",
+    "Issyk",
+    "Caspian",
+    "Anatolia",
+    "Ala-Too",
+    "Nomad",
+    "Khiva",
+    "Baikonur",
+    "Aral",
+    "Turan",
+    "Orda",
+    "Kervan",
 ];
 const SUFFIXES: &[&str] = &[
-    "Labs", "AI", "Pay", "Logistics", "Health", "Agro", "Learn", "Cloud", "Robotics", "Energy",
-    "Games", "Secure", "Trade", "Travel", "Data", "Mobility",
+    "Labs",
+    "AI",
+    "Pay",
+    "Logistics",
+    "Health",
+    "Agro",
+    "Learn",
+    "Cloud",
+    "Robotics",
+    "Energy",
+    "Games",
+    "Secure",
+    "Trade",
+    "Travel",
+    "Data",
+    "Mobility",
 ];
 const WHAT: &[&str] = &[
     "crop yield forecasts from satellite images",
@@ -75,7 +105,11 @@ impl Sample {
             .filter(|(c, _)| *c == country)
             .map(|(_, city)| *city)
             .collect::<Vec<_>>();
-        let city = if city.is_empty() { "Capital" } else { self.pick(&city) };
+        let city = if city.is_empty() {
+            "Capital"
+        } else {
+            self.pick(&city)
+        };
         let what = self.pick(WHAT);
         let slug: String = name
             .to_lowercase()

@@ -20,7 +20,12 @@ use tempfile::TempDir;
 pub const FOUNDING: [(&str, &str, &str, &str); 6] = [
     ("kz-astana-hub", "Astana Hub", "KZ", "Astana"),
     ("uz-it-park", "IT Park Uzbekistan", "UZ", "Tashkent"),
-    ("kg-htp", "High Technology Park of the Kyrgyz Republic", "KG", "Bishkek"),
+    (
+        "kg-htp",
+        "High Technology Park of the Kyrgyz Republic",
+        "KG",
+        "Bishkek",
+    ),
     ("az-sabah-lab", "Sabah Lab", "AZ", "Baku"),
     ("tr-bilisim-vadisi", "Bilişim Vadisi", "TR", "Kocaeli"),
     ("tr-bilkent-cyberpark", "Bilkent Cyberpark", "TR", "Ankara"),
@@ -147,7 +152,10 @@ impl Federation {
     }
 
     /// Parks as given; `tune` may change each park's config before it joins.
-    pub fn with(parks: &[(&str, &str, &str, &str)], tune: impl Fn(&mut kervan_node::Config)) -> Self {
+    pub fn with(
+        parks: &[(&str, &str, &str, &str)],
+        tune: impl Fn(&mut kervan_node::Config),
+    ) -> Self {
         let mut nodes = Vec::new();
         let mut cards = Vec::new();
         for (id, name, country, city) in parks {
@@ -178,10 +186,7 @@ impl Federation {
         let tmp = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(tmp.path()).expect("store");
         let replica = Replica::open(store, self.id, None, Options::default()).expect("open");
-        Observer {
-            replica,
-            _tmp: tmp,
-        }
+        Observer { replica, _tmp: tmp }
     }
 
     /// Every park sends its export to every other park, in index order.

@@ -15,7 +15,11 @@ fn write_records(fed: &mut Federation, per_park: usize) {
                 .expect("create startup");
         }
         park.replica()
-            .create(Collection::Programs, Some("residency"), &sample.program(&name))
+            .create(
+                Collection::Programs,
+                Some("residency"),
+                &sample.program(&name),
+            )
             .expect("create program");
     }
 }
@@ -35,7 +39,10 @@ fn two_parks_converge_in_both_orders() {
         let (d0, d1) = (fed.park(0).digest(), fed.park(1).digest());
         assert_eq!(d0, d1, "digests differ when park {first} sends first");
         assert_eq!(fed.park(0).view(), fed.park(1).view());
-        assert_eq!(fed.park(0).view()["startups"].as_array().map(Vec::len), Some(8));
+        assert_eq!(
+            fed.park(0).view()["startups"].as_array().map(Vec::len),
+            Some(8)
+        );
     }
 }
 
@@ -69,7 +76,10 @@ fn three_parks_converge_whatever_order_bundles_arrive() {
     fed.park(0).import(&uz);
     fed.park(0)
         .replica()
-        .decide(&app, &json!({"status": "accepted", "note": "Welcome to Astana"}))
+        .decide(
+            &app,
+            &json!({"status": "accepted", "note": "Welcome to Astana"}),
+        )
         .expect("decide");
     fed.exchange_all();
 
@@ -84,7 +94,14 @@ fn three_parks_converge_whatever_order_bundles_arrive() {
     assert_eq!(apps[0]["status"], "accepted");
 
     let bundles: Vec<Vec<Vec<u8>>> = (0..3).map(|i| entries(&fed.park(i).export())).collect();
-    let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+    let orders = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
     for order in orders {
         for reversed in [false, true] {
             let mut observer = fed.observer();

@@ -19,7 +19,11 @@ fn federation() -> Federation {
         let country = fed.park(i).country.clone();
         fed.park(i)
             .replica()
-            .create(Collection::Startups, Some("first"), &sample.startup(&country))
+            .create(
+                Collection::Startups,
+                Some("first"),
+                &sample.startup(&country),
+            )
             .expect("create");
     }
     fed.exchange_all();
@@ -41,7 +45,11 @@ fn forger(fed: &mut Federation, holder: usize, doc: DocId, writer: usize) -> For
 /// node is otherwise exactly as before.
 fn assert_refused(fed: &mut Federation, to: usize, envelope: Vec<u8>, code: &str) {
     let before = fingerprint(fed.park(to).replica());
-    let reports = fed.park(to).replica().ingest(vec![envelope], "peer").expect("ingest");
+    let reports = fed
+        .park(to)
+        .replica()
+        .ingest(vec![envelope], "peer")
+        .expect("ingest");
     assert_eq!(rejected_code(only(&reports)), code, "{reports:?}");
     assert_eq!(fingerprint(fed.park(to).replica()), before, "state changed");
     let rejected = fed.park(to).replica().store().rejected().expect("rejected");
@@ -235,7 +243,9 @@ fn keeps_changes_of_an_unregistered_park_pending() {
         doc_id: doc,
         key,
         actor: kervan_protocol::Actor {
-            key: kervan_protocol::DeviceKey(SigningKey::from_bytes(&[5; 32]).verifying_key().to_bytes()),
+            key: kervan_protocol::DeviceKey(
+                SigningKey::from_bytes(&[5; 32]).verifying_key().to_bytes(),
+            ),
             epoch: [1; 8],
         },
         federation: fed.id,
@@ -245,9 +255,15 @@ fn keeps_changes_of_an_unregistered_park_pending() {
         d.put_object(ROOT, "startups", ObjType::Map).expect("put");
     });
     let env = f.sign(&mut change);
-    let reports = fed.park(1).replica().ingest(vec![env], "peer").expect("ingest");
+    let reports = fed
+        .park(1)
+        .replica()
+        .ingest(vec![env], "peer")
+        .expect("ingest");
     match only(&reports) {
-        Outcome::Pending { reason } => assert!(reason.contains("tr-teknopark-istanbul"), "{reason}"),
+        Outcome::Pending { reason } => {
+            assert!(reason.contains("tr-teknopark-istanbul"), "{reason}")
+        }
         other => panic!("expected pending, got {other:?}"),
     }
 }
@@ -276,7 +292,11 @@ fn unregistered_device_waits_until_its_registration_arrives() {
     let mut f = Forger::new(fed.park(0), doc, second.key(), id);
     let mut change = startup_put(&mut f, "kz-astana-hub/from-second", "name", "Second device");
     let env = f.sign(&mut change);
-    let reports = fed.park(1).replica().ingest(vec![env], "peer").expect("ingest");
+    let reports = fed
+        .park(1)
+        .replica()
+        .ingest(vec![env], "peer")
+        .expect("ingest");
     match only(&reports) {
         Outcome::Pending { reason } => assert!(reason.contains("device"), "{reason}"),
         other => panic!("expected pending, got {other:?}"),
@@ -293,7 +313,12 @@ fn unregistered_device_waits_until_its_registration_arrives() {
     assert_ne!(fed.park(1).digest(), digest);
     let record = "kz-astana-hub/from-second".parse().expect("id");
     // The record has only a name, so it does not fit the startup type; the change is applied.
-    let applied = fed.park(1).replica().summary().iter().any(|(_, a, _, _)| a.key == second.device());
+    let applied = fed
+        .park(1)
+        .replica()
+        .summary()
+        .iter()
+        .any(|(_, a, _, _)| a.key == second.device());
     assert!(applied, "the second device's change was accepted");
     assert!(fed.park(1).replica().index().startup(&record).is_none());
 }
@@ -321,18 +346,38 @@ fn waits_for_missing_dependencies_then_applies() {
             .expect("create");
     });
     let (e1, e2) = (f.sign(&mut c1), f.sign(&mut c2));
-    let reports = fed.park(1).replica().ingest(vec![e2], "peer").expect("ingest");
-    assert!(matches!(only(&reports), Outcome::Pending { .. }), "{reports:?}");
-    let reports = fed.park(1).replica().ingest(vec![e1], "peer").expect("ingest");
+    let reports = fed
+        .park(1)
+        .replica()
+        .ingest(vec![e2], "peer")
+        .expect("ingest");
+    assert!(
+        matches!(only(&reports), Outcome::Pending { .. }),
+        "{reports:?}"
+    );
+    let reports = fed
+        .park(1)
+        .replica()
+        .ingest(vec![e1], "peer")
+        .expect("ingest");
     assert_eq!(only(&reports), &Outcome::Accepted);
     assert_eq!(fed.park(1).replica().pending_count(), 0);
     for id in ["kz-astana-hub/dep-1", "kz-astana-hub/dep-2"] {
-        assert!(fed.park(1).replica().index().startup(&id.parse().expect("id")).is_some());
+        assert!(
+            fed.park(1)
+                .replica()
+                .index()
+                .startup(&id.parse().expect("id"))
+                .is_some()
+        );
     }
 }
 
 /// Re-encodes a change after `edit` changes its header fields.
-fn rewrite(change: &automerge::Change, edit: impl FnOnce(&mut automerge::ExpandedChange)) -> automerge::Change {
+fn rewrite(
+    change: &automerge::Change,
+    edit: impl FnOnce(&mut automerge::ExpandedChange),
+) -> automerge::Change {
     let mut e = change.decode();
     edit(&mut e);
     e.hash = None;
@@ -428,7 +473,8 @@ fn rejects_write_to_another_parks_path_in_the_federation_document() {
     let mut f = forger(&mut fed, 0, DocId::Federation, 0);
     let devices = f.obj(&["parks", "uz-it-park", "devices"]);
     let mut change = f.change(|d| {
-        d.put_object(&devices, "ab".repeat(32), ObjType::Map).expect("put");
+        d.put_object(&devices, "ab".repeat(32), ObjType::Map)
+            .expect("put");
     });
     let env = f.sign(&mut change);
     assert_refused(&mut fed, 1, env, "writes_another_park");
@@ -439,12 +485,27 @@ fn accepts_a_park_editing_its_own_profile() {
     let mut fed = federation();
     let mut f = forger(&mut fed, 0, DocId::Federation, 0);
     let kz = f.obj(&["parks", "kz-astana-hub"]);
-    let mut change = f.change(|d| d.put(&kz, "website", "https://astanahub.example").expect("put"));
+    let mut change = f.change(|d| {
+        d.put(&kz, "website", "https://astanahub.example")
+            .expect("put")
+    });
     let env = f.sign(&mut change);
-    let reports = fed.park(1).replica().ingest(vec![env], "peer").expect("ingest");
+    let reports = fed
+        .park(1)
+        .replica()
+        .ingest(vec![env], "peer")
+        .expect("ingest");
     assert_eq!(only(&reports), &Outcome::Accepted);
-    let park = fed.park(1).replica().index().park(&"kz-astana-hub".parse().expect("id")).cloned();
-    assert_eq!(park.and_then(|p| p.website).as_deref(), Some("https://astanahub.example"));
+    let park = fed
+        .park(1)
+        .replica()
+        .index()
+        .park(&"kz-astana-hub".parse().expect("id"))
+        .cloned();
+    assert_eq!(
+        park.and_then(|p| p.website).as_deref(),
+        Some("https://astanahub.example")
+    );
 }
 
 #[test]
@@ -518,7 +579,13 @@ fn rejects_reference_to_an_object_outside_the_causal_past() {
     let doc = ledger(&fed.parks[0]);
     let mut f = forger(&mut fed, 0, doc, 0);
     let heads: Vec<automerge::ChangeHash> = f.doc.get_heads();
-    let base_max = f.doc.get_changes(&[]).iter().map(automerge::Change::max_op).max().unwrap_or(0);
+    let base_max = f
+        .doc
+        .get_changes(&[])
+        .iter()
+        .map(automerge::Change::max_op)
+        .max()
+        .unwrap_or(0);
     // c1 makes a record; c2 writes into it; then c2 is rewritten to depend only on what came
     // before c1, so the record it writes is not in its causal past.
     let mut c1 = startup_put(&mut f, "kz-astana-hub/made", "name", "Made");
@@ -535,7 +602,11 @@ fn rejects_reference_to_an_object_outside_the_causal_past() {
         e.start_op = std::num::NonZeroU64::new(base_max + 1).expect("non-zero");
     });
     let e1 = f.sign(&mut c1);
-    let reports = fed.park(1).replica().ingest(vec![e1], "peer").expect("ingest");
+    let reports = fed
+        .park(1)
+        .replica()
+        .ingest(vec![e1], "peer")
+        .expect("ingest");
     assert_eq!(only(&reports), &Outcome::Accepted);
     let env = f.sign(&mut orphan);
     assert_refused(&mut fed, 1, env, "unknown_object");

@@ -1,6 +1,6 @@
 use kervan_node::Collection;
-use kervan_node::sample::Sample;
 use kervan_node::Store;
+use kervan_node::sample::Sample;
 use kervan_tests::{FOUNDING, Federation};
 
 /// Every write the replica acknowledged is there after the node is dropped without a clean
@@ -42,11 +42,17 @@ fn snapshot_plus_tail_equals_full_replay() {
             .expect("write");
         if i % 5 == 0 {
             park.replica()
-                .update(Collection::Startups, &id, &serde_json::json!({"stage": "growth"}))
+                .update(
+                    Collection::Startups,
+                    &id,
+                    &serde_json::json!({"stage": "growth"}),
+                )
                 .expect("update");
         }
         if i % 9 == 0 {
-            park.replica().remove(Collection::Startups, &id).expect("remove");
+            park.replica()
+                .remove(Collection::Startups, &id)
+                .expect("remove");
         }
     }
     let digest = park.digest();
