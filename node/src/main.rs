@@ -1,5 +1,8 @@
 //! `kervan`: the command line of a Kervan park node.
 
+mod commands;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -71,6 +74,29 @@ enum Command {
     Devices(DevicesCommand),
     /// Build a local federation of real parks with sample data.
     Demo(DemoArgs),
+    /// Run the node: open the store and serve the API until SIGINT or SIGTERM.
+    Run {
+        /// A config file other than the data directory's config.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen for the API here instead of the configured address (port 0: any free port).
+        #[arg(long)]
+        api: Option<SocketAddr>,
+    },
+    /// The running node's park, federation, digest, counts and peers.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Startups of the federation.
+    #[command(subcommand)]
+    Startups(RecordCommand),
+    /// Programs of the federation.
+    #[command(subcommand)]
+    Programs(RecordCommand),
+    /// Applications of startups to programs.
+    #[command(subcommand)]
+    Applications(ApplicationCommand),
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +120,147 @@ enum AuditCommand {
     /// Re-verify every stored change; print counts and the state digest.
     Verify {
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The signed history, newest first (needs a running node).
+    Log {
+        /// `federation` or `park/<id>`.
+        #[arg(long)]
+        doc: Option<String>,
+        #[arg(long)]
+        park: Option<String>,
+        /// Only changes that wrote this record.
+        #[arg(long)]
+        record: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One change with its ops and signed envelope (needs a running node).
+    Show {
+        hash: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rejected changes with their reasons (needs a running node).
+    Rejected {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Commands on startups or programs, through the running node's API.
+#[derive(Debug, Subcommand)]
+pub(crate) enum RecordCommand {
+    /// List records of every park, filtered.
+    List(ListArgs),
+    /// One record.
+    Show {
+        /// `<park>/<local>`.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a record of this park from JSON (see `--data` and `--file`).
+    Add(WriteArgs),
+    /// Change the given fields of a record of this park; `null` removes a field.
+    Update {
+        id: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Remove a record of this park.
+    Remove { id: String },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    #[arg(long)]
+    pub(crate) park: Option<String>,
+    #[arg(long)]
+    pub(crate) country: Option<String>,
+    #[arg(long)]
+    pub(crate) sector: Option<String>,
+    #[arg(long)]
+    pub(crate) stage: Option<String>,
+    /// Program kind.
+    #[arg(long)]
+    pub(crate) kind: Option<String>,
+    /// Text search over name or title, summary and tags.
+    #[arg(long)]
+    pub(crate) q: Option<String>,
+    /// `id` or `name`.
+    #[arg(long)]
+    pub(crate) sort: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub(crate) limit: usize,
+    /// Follow the cursor to the end instead of printing one page.
+    #[arg(long)]
+    pub(crate) all: bool,
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WriteArgs {
+    /// The record as JSON, e.g. '{"name": "Qazaq Agro AI", "country": "KZ", ...}'.
+    #[arg(long, conflicts_with = "file")]
+    pub(crate) data: Option<String>,
+    /// A file holding the record as JSON (`-` for standard input).
+    #[arg(long)]
+    pub(crate) file: Option<PathBuf>,
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Commands on applications, through the running node's API.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ApplicationCommand {
+    /// Apply with one of this park's startups to a program.
+    Add {
+        #[arg(long)]
+        startup: String,
+        #[arg(long)]
+        program: String,
+        #[arg(long)]
+        message: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decide on an application to one of this park's programs.
+    Decide {
+        /// The application's id.
+        id: String,
+        /// accepted, rejected or waitlisted.
+        #[arg(long)]
+        status: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw one of this park's applications.
+    Withdraw {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List applications with their status.
+    List {
+        /// The applicant park.
+        #[arg(long)]
+        park: Option<String>,
+        #[arg(long)]
+        program: Option<String>,
+        /// The park hosting the program.
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
         #[arg(long)]
         json: bool,
     },
@@ -197,9 +364,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => init(&dir, args),
         Command::Genesis(args) => genesis(args),
         Command::Join { genesis } => join(&dir, &genesis),
-        Command::Export { out, since } => export(&dir, &out, since.as_deref()),
-        Command::Import { file, json } => import(&dir, &file, json),
-        Command::Audit(AuditCommand::Verify { json }) => audit_verify(&dir, json),
+        Command::Export { out, since } => match commands::running(&dir) {
+            Some(c) => commands::export(&c, &out, since.as_deref()),
+            None => export(&dir, &out, since.as_deref()),
+        },
+        Command::Import { file, json } => match commands::running(&dir) {
+            Some(c) => commands::import(&c, &file, json),
+            None => import(&dir, &file, json),
+        },
+        Command::Audit(AuditCommand::Verify { json }) => match commands::running(&dir) {
+            Some(c) => commands::audit_verify(&c, json),
+            None => audit_verify(&dir, json),
+        },
+        Command::Audit(AuditCommand::Log {
+            doc,
+            park,
+            record,
+            limit,
+            json,
+        }) => commands::audit_log(&commands::client(&dir)?, doc, park, record, limit, json),
+        Command::Audit(AuditCommand::Show { hash, json }) => {
+            commands::audit_show(&commands::client(&dir)?, &hash, json)
+        }
+        Command::Audit(AuditCommand::Rejected { json }) => {
+            commands::audit_rejected(&commands::client(&dir)?, json)
+        }
+        Command::Run { config, api } => commands::run_node(&dir, config.as_deref(), api),
+        Command::Status { json } => commands::status(&commands::client(&dir)?, json),
+        Command::Startups(cmd) => commands::records(&commands::client(&dir)?, "startups", cmd),
+        Command::Programs(cmd) => commands::records(&commands::client(&dir)?, "programs", cmd),
+        Command::Applications(cmd) => commands::applications(&commands::client(&dir)?, cmd),
         Command::Demo(args) => demo(args),
         Command::Devices(DevicesCommand::Add { key, label }) => {
             let key: DeviceKey = key.parse()?;
@@ -342,7 +536,7 @@ fn import(dir: &DataDir, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn describe(r: &Report) -> String {
+pub(crate) fn describe(r: &Report) -> String {
     let hash = r.hash.map_or_else(
         || "(unparsed)".to_owned(),
         |h| h.to_string()[..16].to_owned(),

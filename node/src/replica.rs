@@ -124,11 +124,15 @@ pub struct Stats {
     pub duplicates: u64,
     pub pending_dropped: u64,
     pub rejected: BTreeMap<String, u64>,
-    /// Seconds spent applying batches, one entry per batch (the last 1024).
-    #[serde(skip)]
-    pub apply_seconds: VecDeque<f64>,
+    /// Time spent applying batches: a cumulative histogram over [`APPLY_BUCKETS`].
+    pub apply_buckets: [u64; APPLY_BUCKETS.len()],
+    pub apply_count: u64,
+    pub apply_seconds: f64,
     pub rebuilds: u64,
 }
+
+/// Upper bounds, in seconds, of the apply-latency histogram.
+pub const APPLY_BUCKETS: [f64; 8] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0];
 
 /// The result of re-verifying every stored change.
 #[derive(Debug, Clone, Serialize)]
@@ -354,8 +358,10 @@ pub struct Replica<S: Store> {
     pending: Pending,
     index: Index,
     stats: Stats,
-    /// Raised for the length of a restore, when order of arrival is arbitrary.
-    unbounded_pending: bool,
+    /// Raised for the length of a restore from the store: order of arrival is arbitrary, so
+    /// the pending queue is unbounded, and stored changes refused earlier are judged again
+    /// (their verdicts may rest on evidence, which is kept apart).
+    restoring: bool,
 }
 
 impl<S: Store> std::fmt::Debug for Replica<S> {
@@ -497,7 +503,7 @@ impl<S: Store> Replica<S> {
             pending: Pending::default(),
             index: Index::default(),
             stats: Stats::default(),
-            unbounded_pending: false,
+            restoring: false,
         };
         replica.load(true)?;
         Ok(replica)
@@ -544,9 +550,9 @@ impl<S: Store> Replica<S> {
             })
             .map(|(_, env)| env)
             .collect();
-        self.unbounded_pending = true;
+        self.restoring = true;
         let result = self.ingest_inner(tail, "restore");
-        self.unbounded_pending = false;
+        self.restoring = false;
         result?;
         self.reindex_all();
         Ok(())
@@ -597,7 +603,7 @@ impl<S: Store> Replica<S> {
             .get(doc)
             .is_some_and(|d| d.accepted.contains_key(hash) || d.excluded.contains(hash))
             || self.pending.items.contains_key(hash)
-            || self.store.is_rejected(hash)?)
+            || (!self.restoring && self.store.is_rejected(hash)?))
     }
 
     /// Checks, stores and applies a batch of encoded envelopes from one source, and answers
@@ -697,10 +703,13 @@ impl<S: Store> Replica<S> {
     }
 
     fn record_apply(&mut self, secs: f64) {
-        if self.stats.apply_seconds.len() == 1024 {
-            self.stats.apply_seconds.pop_front();
+        for (bound, count) in APPLY_BUCKETS.iter().zip(self.stats.apply_buckets.iter_mut()) {
+            if secs <= *bound {
+                *count += 1;
+            }
         }
-        self.stats.apply_seconds.push_back(secs);
+        self.stats.apply_count += 1;
+        self.stats.apply_seconds += secs;
     }
 
     /// Steps 1 and 2 for one envelope: decode, tell duplicates, verify the signature, claim the
@@ -712,7 +721,13 @@ impl<S: Store> Replica<S> {
         work: &mut VecDeque<Work>,
         idx: usize,
     ) -> Result<(Option<Hash>, Option<DocId>, Outcome), ReplicaError> {
+        // Refusals before the signature is checked are recorded under the envelope's own
+        // hash, never the change's: a corrupted copy must not shadow the genuine change.
         let raw_key = Hash(Sha256::digest(&bytes).into());
+        if !self.restoring && self.store.is_rejected(&raw_key)? {
+            self.stats.duplicates += 1;
+            return Ok((None, None, Outcome::Duplicate));
+        }
         let envelope = match SignedChange::decode(&bytes, self.opts.limits.max_change_bytes) {
             Ok(e) => e,
             Err(e) => {
@@ -745,7 +760,7 @@ impl<S: Store> Replica<S> {
                 return Ok((
                     Some(hash),
                     Some(doc.clone()),
-                    self.reject_raw(hash, Some(doc), &reason, source)?,
+                    self.reject_raw(raw_key, Some(doc), &reason, source)?,
                 ));
             }
         };
@@ -891,7 +906,7 @@ impl<S: Store> Replica<S> {
     }
 
     fn bound_pending(&mut self) -> Result<(), ReplicaError> {
-        if self.unbounded_pending {
+        if self.restoring {
             return Ok(());
         }
         while self.pending.len() > self.opts.max_pending {
@@ -1534,4 +1549,238 @@ fn read_park(doc: &AutoCommit, park: &ParkId) -> Option<records::Park> {
     o.insert("id".into(), Value::String(park.to_string()));
     o.insert("devices".into(), Value::Array(devices));
     serde_json::from_value(json).ok()
+}
+
+/// One op of a change, as the audit shows it: what it did, where, with what value.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct AuditOp {
+    /// `make_map`, `put` or `delete` (other actions never pass the rules).
+    pub action: String,
+    /// The path from the document's root, `/`-separated.
+    pub path: String,
+    #[schema(value_type = Object)]
+    pub value: Option<Value>,
+}
+
+/// One signed change, as the audit shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    pub hash: Hash,
+    pub doc: DocId,
+    /// The park the signing device belongs to (none for the genesis).
+    pub park: Option<ParkId>,
+    pub device: DeviceKey,
+    pub actor: Actor,
+    pub seq: u64,
+    pub deps: Vec<Hash>,
+    /// The author's clock, RFC 3339: shown, never trusted.
+    pub time: String,
+    /// `accepted`, `pending` or `excluded`.
+    pub status: String,
+    /// `valid` when the signature verifies now.
+    pub signature: String,
+    pub ops: Vec<AuditOp>,
+}
+
+/// Which changes the audit log lists.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub doc: Option<DocId>,
+    pub park: Option<ParkId>,
+    pub record: Option<RecordId>,
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+impl<S: Store> Replica<S> {
+    fn device_park(&self, key: &DeviceKey) -> Option<ParkId> {
+        self.registry
+            .devices
+            .get(key)
+            .and_then(|ps| ps.iter().next().cloned())
+    }
+
+    fn audit_entry(&self, doc: &DocId, envelope: &[u8], status: &str) -> Option<AuditEntry> {
+        let env = SignedChange::decode(envelope, usize::MAX).ok()?;
+        let change = env.parse().ok()?;
+        let signature = if env.verify(&self.federation).is_ok() {
+            "valid"
+        } else {
+            "invalid"
+        };
+        let actor = Actor::from_bytes(change.actor_id().to_bytes())?;
+        let objects = self.docs.get(doc).map(|d| &d.objects);
+        let start = change.start_op().get();
+        let mut local: HashMap<ObjKey, String> = HashMap::new();
+        let mut ops = Vec::new();
+        for (i, op) in change.decode().operations.iter().enumerate() {
+            let parent = match &op.obj {
+                automerge::legacy::ObjectId::Root => String::new(),
+                automerge::legacy::ObjectId::Id(id) => {
+                    let key = Actor::from_bytes(id.1.to_bytes()).map(|a| ObjKey {
+                        counter: id.0,
+                        actor: a,
+                    });
+                    key.and_then(|k| {
+                        local
+                            .get(&k)
+                            .cloned()
+                            .or_else(|| objects?.get(&k).map(|o| o.path.join("/")))
+                    })
+                    .unwrap_or_else(|| format!("?{}", id.0))
+                }
+            };
+            let key = match &op.key {
+                automerge::legacy::Key::Map(k) => k.to_string(),
+                automerge::legacy::Key::Seq(_) => "[]".into(),
+            };
+            let path = if parent.is_empty() {
+                key
+            } else {
+                format!("{parent}/{key}")
+            };
+            let (action, value) = match &op.action {
+                automerge::legacy::OpType::Make(t) => {
+                    local.insert(
+                        ObjKey {
+                            counter: start + i as u64,
+                            actor,
+                        },
+                        path.clone(),
+                    );
+                    (format!("make_{t:?}").to_lowercase(), None)
+                }
+                automerge::legacy::OpType::Put(v) => ("put".into(), Some(scalar_json(v))),
+                automerge::legacy::OpType::Delete => ("delete".into(), None),
+                other => (format!("{other:?}").to_lowercase(), None),
+            };
+            ops.push(AuditOp {
+                action,
+                path,
+                value,
+            });
+        }
+        let park = match doc {
+            DocId::Ledger(p) => Some(p.clone()),
+            DocId::Federation => self.device_park(&actor.key),
+        };
+        Some(AuditEntry {
+            hash: Hash::from(change.hash()),
+            doc: doc.clone(),
+            park,
+            device: actor.key,
+            actor,
+            seq: change.seq(),
+            deps: change.deps().iter().map(|d| Hash::from(*d)).collect(),
+            time: time::OffsetDateTime::from_unix_timestamp(change.timestamp())
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default(),
+            status: status.into(),
+            signature: signature.into(),
+            ops,
+        })
+    }
+
+    /// The signed history, newest first: every accepted change of the chosen documents, or of
+    /// the chosen record.
+    pub fn audit_log(
+        &self,
+        f: &AuditFilter,
+    ) -> Result<crate::query::Page<AuditEntry>, ReplicaError> {
+        let limit = match f.limit {
+            None => crate::query::DEFAULT_LIMIT,
+            Some(n) if (1..=crate::query::MAX_LIMIT).contains(&n) => n,
+            Some(n) => return Err(invalid("limit", format!("expected 1 to 500, found {n}"))),
+        };
+        let skip = match &f.cursor {
+            None => 0,
+            Some(c) => c
+                .parse::<usize>()
+                .map_err(|_| invalid("cursor", "not a cursor this node issued"))?,
+        };
+        let record_prefix = f.record.as_ref().map(|r| r.to_string());
+        let mut items = Vec::new();
+        let mut seen = 0;
+        let mut more = false;
+        'docs: for (doc, state) in self.docs.iter().rev() {
+            if f.doc.as_ref().is_some_and(|d| d != doc) {
+                continue;
+            }
+            if let (Some(p), DocId::Ledger(owner)) = (&f.park, doc)
+                && p != owner
+            {
+                continue;
+            }
+            for hash in state.order.iter().rev() {
+                let Some(env) = self.store.change(hash)? else {
+                    continue;
+                };
+                let Some(entry) = self.audit_entry(doc, &env, "accepted") else {
+                    continue;
+                };
+                if f.park.is_some() && *doc == DocId::Federation && entry.park != f.park {
+                    continue;
+                }
+                if let Some(rid) = &record_prefix {
+                    // Record ids hold one '/', so a record's path is `<collection>/<park>/<local>`.
+                    let touches = entry.ops.iter().any(|op| {
+                        op.path
+                            .split_once('/')
+                            .is_some_and(|(_, rest)| rest == rid || rest.starts_with(&format!("{rid}/")))
+                    });
+                    if !touches {
+                        continue;
+                    }
+                }
+                if seen < skip {
+                    seen += 1;
+                    continue;
+                }
+                if items.len() == limit {
+                    more = true;
+                    break 'docs;
+                }
+                seen += 1;
+                items.push(entry);
+            }
+        }
+        Ok(crate::query::Page {
+            items,
+            next_cursor: more.then(|| seen.to_string()),
+        })
+    }
+
+    /// One stored change with its status, as the audit shows it, and its signed envelope.
+    pub fn audit_change(&self, hash: &Hash) -> Result<Option<(AuditEntry, Vec<u8>)>, ReplicaError> {
+        let Some(env) = self.store.change(hash)? else {
+            return Ok(None);
+        };
+        let Ok(decoded) = SignedChange::decode(&env, usize::MAX) else {
+            return Ok(None);
+        };
+        let doc = decoded.doc;
+        let status = match self.docs.get(&doc) {
+            Some(d) if d.accepted.contains_key(hash) => "accepted",
+            Some(d) if d.excluded.contains(hash) => "excluded",
+            _ if self.pending.items.contains_key(hash) => "pending",
+            _ => "excluded",
+        };
+        Ok(self.audit_entry(&doc, &env, status).map(|e| (e, env)))
+    }
+}
+
+fn scalar_json(v: &automerge::ScalarValue) -> Value {
+    match v {
+        automerge::ScalarValue::Str(s) => Value::String(s.to_string()),
+        automerge::ScalarValue::Int(i) => Value::from(*i),
+        automerge::ScalarValue::Uint(u) => Value::from(*u),
+        automerge::ScalarValue::F64(f) => Value::from(*f),
+        automerge::ScalarValue::Boolean(b) => Value::Bool(*b),
+        automerge::ScalarValue::Null => Value::Null,
+        other => Value::String(format!("{other:?}")),
+    }
 }

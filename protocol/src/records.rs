@@ -485,7 +485,7 @@ fn is_email(s: &str) -> bool {
 }
 
 /// One invalid field of a request, named by its path (`contact.email`, `sectors[2]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -693,7 +693,7 @@ pub fn record_from_automerge(fields: &'static [Field], value: &hydrate::Value) -
 }
 
 /// A contact person of a startup.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Contact {
     #[serde(default)]
     pub name: Option<String>,
@@ -702,7 +702,7 @@ pub struct Contact {
 }
 
 /// A startup, as the API answers it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Startup {
     pub id: RecordId,
     pub park: ParkId,
@@ -734,7 +734,7 @@ pub struct Startup {
 }
 
 /// Who may apply to a program.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Eligibility {
     #[serde(default)]
     pub countries: Vec<String>,
@@ -743,7 +743,7 @@ pub struct Eligibility {
 }
 
 /// A program hosted by a park.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Program {
     pub id: RecordId,
     pub park: ParkId,
@@ -774,7 +774,7 @@ fn default_open() -> bool {
 }
 
 /// The host park's answer to an application.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Decision {
     pub status: String,
     #[serde(default)]
@@ -784,7 +784,7 @@ pub struct Decision {
 }
 
 /// An application of a startup to another park's program, joined with the host's decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Application {
     pub id: RecordId,
     pub park: ParkId,
@@ -820,7 +820,7 @@ impl Application {
 }
 
 /// One device of a park.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Device {
     pub key: DeviceKey,
     #[serde(default)]
@@ -830,7 +830,7 @@ pub struct Device {
 }
 
 /// A member park, as the federation document holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Park {
     pub id: ParkId,
     pub name: String,

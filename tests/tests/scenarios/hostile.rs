@@ -123,9 +123,13 @@ fn rejects_forged_signature() {
     let doc = ledger(&fed.parks[0]);
     let mut f = forger(&mut fed, 0, doc, 0);
     let mut change = startup_put(&mut f, "kz-astana-hub/forged", "name", "Forged");
-    let mut env = SignedChange::decode(&f.sign(&mut change), usize::MAX).expect("decode");
+    let genuine = f.sign(&mut change);
+    let mut env = SignedChange::decode(&genuine, usize::MAX).expect("decode");
     env.sig[10] ^= 0x40;
     assert_refused(&mut fed, 1, env.encode(), "bad_signature");
+    // The corrupted copy came first; the genuine change is still accepted when it arrives.
+    let reports = fed.park(1).replica().ingest(vec![genuine], "peer").expect("ingest");
+    assert_eq!(only(&reports), &Outcome::Accepted);
 }
 
 #[test]

@@ -1,0 +1,62 @@
+//! The replica actor: one thread owns the replica (the Automerge documents and the sled store,
+//! both synchronous and CPU-bound); async tasks reach it through a bounded channel, each
+//! command carrying its own reply channel.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::replica::Replica;
+use crate::store::SledStore;
+
+/// Commands that may wait for the replica before senders are held back.
+pub const COMMAND_CAPACITY: usize = 256;
+
+type Job = Box<dyn FnOnce(&mut Replica<SledStore>) + Send>;
+
+/// The replica actor has stopped (shut down, or a storage failure ended it).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the replica has stopped")]
+pub struct Stopped;
+
+/// A cheap, cloneable way to reach the replica.
+#[derive(Debug, Clone)]
+pub struct ReplicaHandle {
+    tx: mpsc::Sender<Job>,
+}
+
+impl ReplicaHandle {
+    /// Runs `f` on the replica's thread and returns its result.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Replica<SledStore>) -> T + Send + 'static,
+    ) -> Result<T, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |r| {
+            // The caller may have gone (a client hung up); the work is done all the same.
+            let _ = reply.send(f(r));
+        });
+        self.tx.send(job).await.map_err(|_| Stopped)?;
+        answer.await.map_err(|_| Stopped)
+    }
+}
+
+/// Starts the replica's thread. It runs until every handle is dropped, then snapshots and
+/// flushes the store, and returns the outcome of that final write.
+pub fn spawn(
+    mut replica: Replica<SledStore>,
+) -> (
+    ReplicaHandle,
+    std::thread::JoinHandle<Result<(), crate::ReplicaError>>,
+) {
+    let (tx, mut rx) = mpsc::channel::<Job>(COMMAND_CAPACITY);
+    let thread = std::thread::Builder::new()
+        .name("replica".into())
+        .spawn(move || {
+            while let Some(job) = rx.blocking_recv() {
+                job(&mut replica);
+            }
+            tracing::info!("replica stopping: writing snapshots");
+            replica.snapshot_all()
+        })
+        .expect("the replica thread starts");
+    (ReplicaHandle { tx }, thread)
+}
