@@ -25,7 +25,7 @@ use utoipa::OpenApi;
 
 use crate::actor::{ReplicaHandle, Stopped};
 use crate::query::{AppFilter, Filter, Page, QueryError, Sort};
-use crate::replica::{AuditEntry, AuditFilter, Collection, ImportError, Report, ReplicaError};
+use crate::replica::{AuditEntry, AuditFilter, Collection, ImportError, ReplicaError, Report};
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -99,7 +99,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
+        let body =
+            json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
         (self.status, Json(body)).into_response()
     }
 }
@@ -132,7 +133,9 @@ impl ApiState {
                 details: json!({"owner": owner}),
                 ..ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
             },
-            ReplicaError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            ReplicaError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             ReplicaError::NoLedger(_) => {
                 ApiError::new(StatusCode::CONFLICT, "no_ledger", e.to_string())
             }
@@ -200,7 +203,10 @@ pub fn router(state: ApiState, max_body: usize, max_bundle: usize) -> Router {
             "/programs/{park}/{local}",
             get(get_program).patch(patch_program).delete(delete_program),
         )
-        .route("/applications", get(list_applications).post(create_application))
+        .route(
+            "/applications",
+            get(list_applications).post(create_application),
+        )
         .route(
             "/applications/{park}/{local}",
             get(get_application).patch(patch_application),
@@ -227,7 +233,12 @@ pub fn router(state: ApiState, max_body: usize, max_bundle: usize) -> Router {
         .with_state(state)
 }
 
-async fn auth(State(state): State<ApiState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+async fn auth(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -255,7 +266,12 @@ async fn count(State(state): State<ApiState>, req: Request, next: Next) -> Respo
     if let Ok(mut m) = state.metrics.requests.lock() {
         *m.entry((route.clone(), status)).or_default() += 1;
     }
-    tracing::debug!(route, status, ms = started.elapsed().as_secs_f64() * 1e3, "request");
+    tracing::debug!(
+        route,
+        status,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "request"
+    );
     response
 }
 
@@ -289,9 +305,10 @@ async fn status(State(s): State<ApiState>) -> ApiResult<Json<StatusBody>> {
             let id = r.identity().cloned();
             let stats = r.stats().clone();
             StatusBody {
-                park: id.as_ref().map(|i| i.park.clone()).unwrap_or_else(|| {
-                    "unknown".parse().expect("a valid park id")
-                }),
+                park: id
+                    .as_ref()
+                    .map(|i| i.park.clone())
+                    .unwrap_or_else(|| "unknown".parse().expect("a valid park id")),
                 device: id.as_ref().map(|i| i.device().to_hex()).unwrap_or_default(),
                 peer_id: id
                     .as_ref()
@@ -371,7 +388,9 @@ async fn list_startups(
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<Page<Startup>>> {
     let f = query(q)?.filter()?;
-    Ok(Json(s.replica.call(move |r| r.index().startups(&f)).await??))
+    Ok(Json(
+        s.replica.call(move |r| r.index().startups(&f)).await??,
+    ))
 }
 
 /// Programs of every park, filtered and paged.
@@ -381,7 +400,9 @@ async fn list_programs(
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<Page<Program>>> {
     let f = query(q)?.filter()?;
-    Ok(Json(s.replica.call(move |r| r.index().programs(&f)).await??))
+    Ok(Json(
+        s.replica.call(move |r| r.index().programs(&f)).await??,
+    ))
 }
 
 /// The record as the index answers it, as JSON.
@@ -423,8 +444,12 @@ async fn create(
                     if park != own {
                         return Err(ReplicaError::Forbidden {
                             id: format!("{park}/{local}"),
-                            owner: park.parse().unwrap_or_else(|_| "unknown".parse().expect("valid")),
-                            park: own.parse().unwrap_or_else(|_| "unknown".parse().expect("valid")),
+                            owner: park
+                                .parse()
+                                .unwrap_or_else(|_| "unknown".parse().expect("valid")),
+                            park: own
+                                .parse()
+                                .unwrap_or_else(|_| "unknown".parse().expect("valid")),
                         });
                     }
                     Some(local.to_owned())
@@ -537,8 +562,24 @@ macro_rules! record_routes {
     };
 }
 
-record_routes!(Collection::Startups, "/v1/startups", Startup, create_startup, get_startup, patch_startup, delete_startup);
-record_routes!(Collection::Programs, "/v1/programs", Program, create_program, get_program, patch_program, delete_program);
+record_routes!(
+    Collection::Startups,
+    "/v1/startups",
+    Startup,
+    create_startup,
+    get_startup,
+    patch_startup,
+    delete_startup
+);
+record_routes!(
+    Collection::Programs,
+    "/v1/programs",
+    Program,
+    create_program,
+    get_program,
+    patch_program,
+    delete_program
+);
 
 /// Creates an application of one of this park's startups to a program.
 #[utoipa::path(post, path = "/v1/applications", request_body = Object,
@@ -611,7 +652,11 @@ async fn list_applications(
         limit: q.limit,
         cursor: q.cursor,
     };
-    Ok(Json(s.replica.call(move |r| r.index().applications(&f)).await??))
+    Ok(Json(
+        s.replica
+            .call(move |r| r.index().applications(&f))
+            .await??,
+    ))
 }
 
 /// The host park's decision on an application to one of its programs.
@@ -671,7 +716,10 @@ async fn audit_log(
 /// One stored change, with its signed envelope in base64.
 #[utoipa::path(get, path = "/v1/audit/changes/{hash}", params(("hash" = String, Path)),
     responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
-async fn audit_change(State(s): State<ApiState>, Path(hash): Path<String>) -> ApiResult<Json<Value>> {
+async fn audit_change(
+    State(s): State<ApiState>,
+    Path(hash): Path<String>,
+) -> ApiResult<Json<Value>> {
     let h: Hash = hash
         .parse()
         .map_err(|e: kervan_protocol::IdError| ApiError::not_found(e.to_string()))?;
@@ -680,7 +728,8 @@ async fn audit_change(State(s): State<ApiState>, Path(hash): Path<String>) -> Ap
         .call(move |r| r.audit_change(&h))
         .await?
         .map_err(|e| s.fail(e))?;
-    let (entry, envelope) = found.ok_or_else(|| ApiError::not_found(format!("no change {hash}")))?;
+    let (entry, envelope) =
+        found.ok_or_else(|| ApiError::not_found(format!("no change {hash}")))?;
     let mut v = json!(entry);
     v["envelope"] = json!(base64::engine::general_purpose::STANDARD.encode(envelope));
     Ok(Json(v))
@@ -749,10 +798,7 @@ async fn import_bundle(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let bytes = body.map_err(body_error)?;
-    let result = s
-        .replica
-        .call(move |r| r.import(&bytes, "import"))
-        .await?;
+    let result = s.replica.call(move |r| r.import(&bytes, "import")).await?;
     let reports: Vec<Report> = match result {
         Ok(r) => r,
         Err(ImportError::Replica(e)) => return Err(s.fail(e)),
@@ -796,13 +842,37 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 /// The OpenAPI document, generated from the handlers and types above.
 #[derive(Debug, OpenApi)]
 #[openapi(
-    info(title = "Kervan node API", description = "The local HTTP API of a Kervan park node. Every /v1 route but /v1/health needs Authorization: Bearer <token>."),
+    info(
+        title = "Kervan node API",
+        description = "The local HTTP API of a Kervan park node. Every /v1 route but /v1/health needs Authorization: Bearer <token>."
+    ),
     paths(
-        health, status, parks, list_startups, create_startup, get_startup, patch_startup,
-        delete_startup, list_programs, create_program, get_program, patch_program, delete_program,
-        list_applications, create_application, get_application, patch_application, put_decision,
-        audit_log, audit_change, audit_verify, audit_rejected, export_bundle, import_bundle,
-        metrics, openapi
+        health,
+        status,
+        parks,
+        list_startups,
+        create_startup,
+        get_startup,
+        patch_startup,
+        delete_startup,
+        list_programs,
+        create_program,
+        get_program,
+        patch_program,
+        delete_program,
+        list_applications,
+        create_application,
+        get_application,
+        patch_application,
+        put_decision,
+        audit_log,
+        audit_change,
+        audit_verify,
+        audit_rejected,
+        export_bundle,
+        import_bundle,
+        metrics,
+        openapi
     ),
     components(schemas(ErrorBody, Startup, Program, Application, Park, AuditEntry, StatusBody))
 )]
@@ -813,4 +883,20 @@ pub fn openapi_json() -> String {
     ApiDoc::openapi()
         .to_pretty_json()
         .expect("the OpenAPI document serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    /// The OpenAPI document in the repository is the one the code generates. Regenerate it
+    /// with `KERVAN_BLESS=1 cargo test -p kervan-node openapi`.
+    #[test]
+    fn openapi_document_in_the_repo_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+        let current = super::openapi_json() + "\n";
+        if std::env::var_os("KERVAN_BLESS").is_some() {
+            std::fs::write(path, &current).expect("write docs/openapi.json");
+        }
+        let kept = std::fs::read_to_string(path).expect("docs/openapi.json is in the repo");
+        assert!(kept == current, "docs/openapi.json is stale: regenerate it");
+    }
 }

@@ -11,9 +11,7 @@ use crate::data_dir::{DataDir, DataDirError};
 /// Why a request to the node failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(
-        "no node is running at {addr} (start one with `kervan run --data-dir {dir}`)"
-    )]
+    #[error("no node is running at {addr} (start one with `kervan run --data-dir {dir}`)")]
     NotRunning { addr: String, dir: String },
     #[error("{message}{details}")]
     Api {
@@ -83,7 +81,11 @@ impl Client {
         let auth = format!("Bearer {}", self.token);
         let result = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
-            ("DELETE", _) => self.agent.delete(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call(),
             (m, Body::Json(v)) => {
                 let req = match m {
                     "POST" => self.agent.post(&url),

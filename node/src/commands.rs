@@ -340,7 +340,11 @@ pub(crate) fn applications(c: &Client, cmd: ApplicationCommand) -> anyhow::Resul
         }
         ApplicationCommand::Withdraw { id, json } => {
             let body = json!({"withdrawn": true});
-            let v = c.json("PATCH", &record_path("applications", &id)?, Body::Json(&body))?;
+            let v = c.json(
+                "PATCH",
+                &record_path("applications", &id)?,
+                Body::Json(&body),
+            )?;
             if json {
                 print_one(&v, true)?;
             } else {
@@ -366,7 +370,11 @@ pub(crate) fn applications(c: &Client, cmd: ApplicationCommand) -> anyhow::Resul
                     q.push(format!("{k}={}", encode(&v)));
                 }
             }
-            let page = c.json("GET", &format!("/v1/applications?{}", q.join("&")), Body::None)?;
+            let page = c.json(
+                "GET",
+                &format!("/v1/applications?{}", q.join("&")),
+                Body::None,
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&page)?);
             } else {
@@ -402,7 +410,9 @@ pub(crate) fn import(c: &Client, file: &Path, json_out: bool) -> anyhow::Result<
         println!("{}", serde_json::to_string_pretty(&v["items"])?);
     } else {
         for r in v["items"].as_array().into_iter().flatten() {
-            let hash = r["hash"].as_str().map_or("(unparsed)", |h| &h[..16.min(h.len())]);
+            let hash = r["hash"]
+                .as_str()
+                .map_or("(unparsed)", |h| &h[..16.min(h.len())]);
             let doc = r["doc"].as_str().unwrap_or("");
             let outcome = r["outcome"].as_str().unwrap_or("");
             match r["reason"].as_str() {
@@ -456,7 +466,11 @@ pub(crate) fn audit_log(
             q.push(format!("{k}={}", encode(&v)));
         }
     }
-    let page = c.json("GET", &format!("/v1/audit/changes?{}", q.join("&")), Body::None)?;
+    let page = c.json(
+        "GET",
+        &format!("/v1/audit/changes?{}", q.join("&")),
+        Body::None,
+    )?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&page)?);
         return Ok(ExitCode::SUCCESS);
@@ -480,12 +494,25 @@ pub(crate) fn audit_log(
 }
 
 pub(crate) fn audit_show(c: &Client, hash: &str, json_out: bool) -> anyhow::Result<ExitCode> {
-    let e = c.json("GET", &format!("/v1/audit/changes/{}", encode(hash)), Body::None)?;
+    let e = c.json(
+        "GET",
+        &format!("/v1/audit/changes/{}", encode(hash)),
+        Body::None,
+    )?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&e)?);
         return Ok(ExitCode::SUCCESS);
     }
-    for k in ["hash", "doc", "park", "device", "seq", "time", "status", "signature"] {
+    for k in [
+        "hash",
+        "doc",
+        "park",
+        "device",
+        "seq",
+        "time",
+        "status",
+        "signature",
+    ] {
         println!("{k:<10} {}", cell(&e[k]));
     }
     println!("deps       {}", cell(&e["deps"]));

@@ -25,12 +25,20 @@ pub fn render(r: &Replica<SledStore>, requests: &BTreeMap<(String, u16), u64>) -
     line("# HELP kervan_changes_rejected_total Changes rejected since start, by reason.".into());
     line("# TYPE kervan_changes_rejected_total counter".into());
     for (reason, n) in &stats.rejected {
-        line(format!("kervan_changes_rejected_total{{reason=\"{}\"}} {n}", escape(reason)));
+        line(format!(
+            "kervan_changes_rejected_total{{reason=\"{}\"}} {n}",
+            escape(reason)
+        ));
     }
     line("# HELP kervan_changes_duplicate_total Changes received again since start.".into());
     line("# TYPE kervan_changes_duplicate_total counter".into());
-    line(format!("kervan_changes_duplicate_total {}", stats.duplicates));
-    line("# HELP kervan_changes_pending Changes waiting for a dependency or a registration.".into());
+    line(format!(
+        "kervan_changes_duplicate_total {}",
+        stats.duplicates
+    ));
+    line(
+        "# HELP kervan_changes_pending Changes waiting for a dependency or a registration.".into(),
+    );
     line("# TYPE kervan_changes_pending gauge".into());
     line(format!("kervan_changes_pending {}", r.pending_count()));
     line("# HELP kervan_changes_stored Accepted changes held by this node.".into());
@@ -61,7 +69,10 @@ pub fn render(r: &Replica<SledStore>, requests: &BTreeMap<(String, u16), u64>) -
     for (bound, n) in APPLY_BUCKETS.iter().zip(stats.apply_buckets.iter()) {
         line(format!("kervan_apply_seconds_bucket{{le=\"{bound}\"}} {n}"));
     }
-    line(format!("kervan_apply_seconds_bucket{{le=\"+Inf\"}} {}", stats.apply_count));
+    line(format!(
+        "kervan_apply_seconds_bucket{{le=\"+Inf\"}} {}",
+        stats.apply_count
+    ));
     line(format!("kervan_apply_seconds_sum {}", stats.apply_seconds));
     line(format!("kervan_apply_seconds_count {}", stats.apply_count));
     line("# HELP kervan_store_bytes Size of the store on disk.".into());

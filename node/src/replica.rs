@@ -703,7 +703,10 @@ impl<S: Store> Replica<S> {
     }
 
     fn record_apply(&mut self, secs: f64) {
-        for (bound, count) in APPLY_BUCKETS.iter().zip(self.stats.apply_buckets.iter_mut()) {
+        for (bound, count) in APPLY_BUCKETS
+            .iter()
+            .zip(self.stats.apply_buckets.iter_mut())
+        {
             if secs <= *bound {
                 *count += 1;
             }
@@ -1728,9 +1731,9 @@ impl<S: Store> Replica<S> {
                 if let Some(rid) = &record_prefix {
                     // Record ids hold one '/', so a record's path is `<collection>/<park>/<local>`.
                     let touches = entry.ops.iter().any(|op| {
-                        op.path
-                            .split_once('/')
-                            .is_some_and(|(_, rest)| rest == rid || rest.starts_with(&format!("{rid}/")))
+                        op.path.split_once('/').is_some_and(|(_, rest)| {
+                            rest == rid || rest.starts_with(&format!("{rid}/"))
+                        })
                     });
                     if !touches {
                         continue;

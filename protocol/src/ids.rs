@@ -136,7 +136,11 @@ impl fmt::Display for DocId {
     }
 }
 string_serde!(DocId);
-string_schema!(DocId, "'federation' or 'park/<park-id>'", "park/kz-astana-hub");
+string_schema!(
+    DocId,
+    "'federation' or 'park/<park-id>'",
+    "park/kz-astana-hub"
+);
 
 /// A device's ed25519 public key.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -174,7 +178,11 @@ impl FromStr for DeviceKey {
     }
 }
 string_serde!(DeviceKey);
-string_schema!(DeviceKey, "an ed25519 public key, 64 hex digits", "50607927845150ce89475de3c69017a4ef8d1f10ac75be7b469af036a2802959");
+string_schema!(
+    DeviceKey,
+    "an ed25519 public key, 64 hex digits",
+    "50607927845150ce89475de3c69017a4ef8d1f10ac75be7b469af036a2802959"
+);
 
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 {
@@ -236,7 +244,11 @@ impl fmt::Display for RecordId {
     }
 }
 string_serde!(RecordId);
-string_schema!(RecordId, "'<park-id>/<local-id>'", "kz-astana-hub/01J0Z8Y3QK5R2N4T6V8X0B2D4F");
+string_schema!(
+    RecordId,
+    "'<park-id>/<local-id>'",
+    "kz-astana-hub/01J0Z8Y3QK5R2N4T6V8X0B2D4F"
+);
 
 /// The SHA-256 hash of an Automerge change, as Automerge computes it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -281,7 +293,11 @@ impl FromStr for Hash {
     }
 }
 string_serde!(Hash);
-string_schema!(Hash, "a SHA-256 change hash, 64 hex digits", "49e1d5e195e6b690b2a7c1f1a4c2a3b0f7e1d2c3b4a5968778695a4b3c2d1e0f");
+string_schema!(
+    Hash,
+    "a SHA-256 change hash, 64 hex digits",
+    "49e1d5e195e6b690b2a7c1f1a4c2a3b0f7e1d2c3b4a5968778695a4b3c2d1e0f"
+);
 
 /// A federation's id: the hash of its genesis change. It goes into every signature and into
 /// the gossip topic, so two federations never mix.
@@ -307,7 +323,11 @@ impl FromStr for FederationId {
     }
 }
 string_serde!(FederationId);
-string_schema!(FederationId, "the hash of the federation's genesis change", "2030ecb9f66d8a955c12203e245c0a5dda5ff665f99d7647e1898dc3cd81650f");
+string_schema!(
+    FederationId,
+    "the hash of the federation's genesis change",
+    "2030ecb9f66d8a955c12203e245c0a5dda5ff665f99d7647e1898dc3cd81650f"
+);
 
 /// An Automerge actor as Kervan builds it: the device key followed by the store epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -362,7 +382,11 @@ impl FromStr for Actor {
     }
 }
 string_serde!(Actor);
-string_schema!(Actor, "device key and store epoch, 80 hex digits", "50607927845150ce89475de3c69017a4ef8d1f10ac75be7b469af036a28029590102030405060708");
+string_schema!(
+    Actor,
+    "device key and store epoch, 80 hex digits",
+    "50607927845150ce89475de3c69017a4ef8d1f10ac75be7b469af036a28029590102030405060708"
+);
 
 #[cfg(test)]
 mod tests {

@@ -128,7 +128,11 @@ fn rejects_forged_signature() {
     env.sig[10] ^= 0x40;
     assert_refused(&mut fed, 1, env.encode(), "bad_signature");
     // The corrupted copy came first; the genuine change is still accepted when it arrives.
-    let reports = fed.park(1).replica().ingest(vec![genuine], "peer").expect("ingest");
+    let reports = fed
+        .park(1)
+        .replica()
+        .ingest(vec![genuine], "peer")
+        .expect("ingest");
     assert_eq!(only(&reports), &Outcome::Accepted);
 }
 
