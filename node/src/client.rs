@@ -48,9 +48,16 @@ pub enum Body<'a> {
 
 impl Client {
     pub fn new(dir: &DataDir) -> Result<Self, ClientError> {
+        // `kervan run` writes api.addr once it listens and removes it when it stops: without
+        // it, whatever answers at the configured address is not this directory's node.
         let addr = match std::fs::read_to_string(dir.path("api.addr")) {
             Ok(a) => a.trim().to_owned(),
-            Err(_) => dir.config()?.api.listen.to_string(),
+            Err(_) => {
+                return Err(ClientError::NotRunning {
+                    addr: dir.config()?.api.listen.to_string(),
+                    dir: dir.root().display().to_string(),
+                });
+            }
         };
         let token = dir.api_token()?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -67,10 +74,11 @@ impl Client {
         })
     }
 
-    /// Whether a node answers at the address.
+    /// Whether this directory's node answers: it must take this directory's token.
     pub fn is_running(&self) -> bool {
         self.agent
-            .get(format!("{}/v1/health", self.base))
+            .get(format!("{}/v1/status", self.base))
+            .header("Authorization", &format!("Bearer {}", self.token))
             .call()
             .is_ok_and(|r| r.status().is_success())
     }

@@ -150,12 +150,10 @@ fn print_one(v: &Value, json_out: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(v)?);
     } else {
         for (k, val) in v.as_object().into_iter().flatten() {
-            let shown = match val {
-                Value::String(s) => s.clone(),
-                Value::Null => String::new(),
-                other => other.to_string(),
-            };
-            println!("{k:<14} {shown}");
+            if val.is_null() {
+                continue;
+            }
+            println!("{k:<14} {}", cell(val));
         }
     }
     Ok(())
@@ -254,7 +252,7 @@ fn cell(v: &Value) -> String {
             .iter()
             .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
             .collect::<Vec<_>>()
-            .join(","),
+            .join(", "),
         other => other.to_string(),
     }
 }

@@ -59,6 +59,10 @@ pub enum DataDirError {
     Replica(#[from] ReplicaError),
     #[error("invalid park card: {0}")]
     Card(String),
+    #[error(
+        "{0} is in use by another kervan process (a running node: stop it, or use the commands that talk to it)"
+    )]
+    InUse(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
@@ -189,7 +193,16 @@ impl DataDir {
 
     /// Opens the store, drawing its epoch the first time.
     pub fn open_store(&self) -> Result<SledStore, DataDirError> {
-        let store = SledStore::open(&self.path("store"))?;
+        let store = SledStore::open(&self.path("store")).map_err(|e| match e {
+            // sled reports its lock as an I/O error whose text names the lock.
+            StoreError::Sled(sled::Error::Io(io))
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("could not acquire lock") =>
+            {
+                DataDirError::InUse(self.root.display().to_string())
+            }
+            other => other.into(),
+        })?;
         if store.meta("epoch")?.is_none() {
             store.put_meta("epoch", &rand::random::<[u8; 8]>())?;
             store.put_meta("schema_version", b"1")?;
