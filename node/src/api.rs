@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use base64::Engine as _;
+use futures_util::StreamExt as _;
 use kervan_protocol::records::{Application, FieldError, Park, Program, Startup};
 use kervan_protocol::{DocId, Hash, ParkId, RecordId};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,9 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Raised when the replica hits a storage failure: the node must stop.
     pub fatal: watch::Sender<bool>,
+    /// Largest JSON body, and largest bundle upload, in bytes.
+    pub max_body: usize,
+    pub max_bundle: usize,
 }
 
 /// Request counts by route and status, for `/metrics`.
@@ -152,9 +156,34 @@ impl ApiState {
     }
 }
 
+/// Reads a body of at most `limit` bytes. A larger one is read on (up to 8 times the limit)
+/// and thrown away before the 413, so the client hears the answer rather than a broken pipe.
+async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        seen = seen.saturating_add(chunk.len());
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if seen > limit.saturating_mul(8) {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is over the limit of {limit} bytes"),
+        ));
+    }
+    Ok(Bytes::from(buf))
+}
+
 /// Parses a JSON object body; an over-limit body is 413, a malformed one 400.
-fn json_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Value> {
-    let bytes = body.map_err(body_error)?;
+async fn json_body(s: &ApiState, body: Body) -> ApiResult<Value> {
+    let bytes = read_body(body, s.max_body).await?;
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
     if !value.is_object() {
@@ -164,14 +193,6 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Value> {
         }]));
     }
     Ok(value)
-}
-
-fn body_error(e: BytesRejection) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.body_text())
-    } else {
-        ApiError::bad_request(e.body_text())
-    }
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
@@ -188,8 +209,8 @@ fn record_id(park: &str, local: &str) -> ApiResult<RecordId> {
 
 // ---- routes ----
 
-/// Builds the router. `max_body` bounds JSON bodies, `max_bundle` bundle uploads.
-pub fn router(state: ApiState, max_body: usize, max_bundle: usize) -> Router {
+/// Builds the router. The state's `max_body` bounds JSON bodies, `max_bundle` bundle uploads.
+pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/status", get(status))
         .route("/parks", get(parks))
@@ -217,12 +238,9 @@ pub fn router(state: ApiState, max_body: usize, max_bundle: usize) -> Router {
         .route("/audit/verify", get(audit_verify))
         .route("/audit/rejected", get(audit_rejected))
         .route("/openapi.json", get(openapi))
-        .layer(DefaultBodyLimit::max(max_body))
-        .merge(
-            Router::new()
-                .route("/bundle", get(export_bundle).post(import_bundle))
-                .layer(DefaultBodyLimit::max(max_bundle)),
-        )
+        .route("/bundle", get(export_bundle).post(import_bundle))
+        // Bodies are read by `read_body`, which enforces the limits itself.
+        .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/v1/health", get(health))
@@ -428,12 +446,8 @@ fn take_id(body: &mut Value) -> ApiResult<Option<String>> {
     Ok(Some(id.to_owned()))
 }
 
-async fn create(
-    s: &ApiState,
-    c: Collection,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let mut body = json_body(body)?;
+async fn create(s: &ApiState, c: Collection, body: Body) -> ApiResult<(StatusCode, Json<Value>)> {
+    let mut body = json_body(s, body).await?;
     let id = take_id(&mut body)?;
     let result = s
         .replica
@@ -488,10 +502,10 @@ async fn patch(
     c: Collection,
     park: &str,
     local: &str,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<Value>> {
     let id = record_id(park, local)?;
-    let body = json_body(body)?;
+    let body = json_body(s, body).await?;
     let result = s
         .replica
         .call(move |r| {
@@ -520,7 +534,7 @@ macro_rules! record_routes {
                       (status = 413, body = ErrorBody)))]
         async fn $create(
             State(s): State<ApiState>,
-            body: Result<Bytes, BytesRejection>,
+            body: Body,
         ) -> ApiResult<(StatusCode, Json<Value>)> {
             create(&s, $coll, body).await
         }
@@ -544,7 +558,7 @@ macro_rules! record_routes {
         async fn $patch(
             State(s): State<ApiState>,
             Path((park, local)): Path<(String, String)>,
-            body: Result<Bytes, BytesRejection>,
+            body: Body,
         ) -> ApiResult<Json<Value>> {
             patch(&s, $coll, &park, &local, body).await
         }
@@ -586,7 +600,7 @@ record_routes!(
     responses((status = 201, body = Application), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn create_application(
     State(s): State<ApiState>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     create(&s, Collection::Applications, body).await
 }
@@ -609,7 +623,7 @@ async fn get_application(
 async fn patch_application(
     State(s): State<ApiState>,
     Path((park, local)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<Value>> {
     patch(&s, Collection::Applications, &park, &local, body).await
 }
@@ -667,10 +681,10 @@ async fn list_applications(
 async fn put_decision(
     State(s): State<ApiState>,
     Path((park, local)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<Value>> {
     let id = record_id(&park, &local)?;
-    let body = json_body(body)?;
+    let body = json_body(&s, body).await?;
     let result = s
         .replica
         .call(move |r| {
@@ -793,11 +807,8 @@ async fn export_bundle(
 /// Imports a bundle; answers for each change: accepted, duplicate, pending or rejected.
 #[utoipa::path(post, path = "/v1/bundle", request_body(content_type = "application/octet-stream", content = Vec<u8>),
     responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
-async fn import_bundle(
-    State(s): State<ApiState>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
-    let bytes = body.map_err(body_error)?;
+async fn import_bundle(State(s): State<ApiState>, body: Body) -> ApiResult<Json<Value>> {
+    let bytes = read_body(body, s.max_bundle).await?;
     let result = s.replica.call(move |r| r.import(&bytes, "import")).await?;
     let reports: Vec<Report> = match result {
         Ok(r) => r,

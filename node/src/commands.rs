@@ -72,8 +72,10 @@ async fn serve(
         token: Arc::from(token),
         metrics: Arc::new(Metrics::default()),
         fatal,
+        max_body: config.api.max_body_bytes,
+        max_bundle: MAX_BUNDLE_BYTES,
     };
-    let app = api::router(state, config.api.max_body_bytes, MAX_BUNDLE_BYTES);
+    let app = api::router(state);
     tracing::info!(%addr, %park, "api listening");
     println!("kervan node of {park} listening on http://{addr}");
     let shutdown = async move {

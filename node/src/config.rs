@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use kervan_protocol::{FederationId, Limits, ParkId};
+use kervan_protocol::{FederationId, ParkId};
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration file is unusable.
@@ -35,8 +35,6 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub store: StoreConfig,
-    #[serde(default)]
-    pub limits: Limits,
 }
 
 /// The local HTTP API.
@@ -84,7 +82,6 @@ impl Config {
             federation: None,
             api: ApiConfig::default(),
             store: StoreConfig::default(),
-            limits: Limits::default(),
         }
     }
 
@@ -115,12 +112,6 @@ impl Config {
         }
         if self.store.max_pending == 0 {
             return Err("store.max_pending must be at least 1".into());
-        }
-        if self.limits.max_change_bytes < 1024 {
-            return Err("limits.max_change_bytes must be at least 1024".into());
-        }
-        if self.limits.max_ops == 0 {
-            return Err("limits.max_ops must be at least 1".into());
         }
         if self.api.max_body_bytes < 1024 {
             return Err("api.max_body_bytes must be at least 1024".into());
@@ -153,23 +144,12 @@ max_body_bytes = {max_body}
 snapshot_every = {snap}
 # Changes kept while they wait for a dependency or a registration. Default 10000.
 max_pending = {pending}
-
-[limits]
-# Largest Automerge change in bytes. Default 61440.
-max_change_bytes = {change}
-# Most ops in one change. Default 4096.
-max_ops = {ops}
-# Largest string value or map key in bytes. Default 16384.
-max_string_bytes = {string}
 "#,
             park = self.park,
             listen = self.api.listen,
             max_body = self.api.max_body_bytes,
             snap = self.store.snapshot_every,
             pending = self.store.max_pending,
-            change = self.limits.max_change_bytes,
-            ops = self.limits.max_ops,
-            string = self.limits.max_string_bytes,
         )
     }
 }

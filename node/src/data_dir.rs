@@ -88,6 +88,16 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), DataDirError> {
     Ok(())
 }
 
+/// What joining a federation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    pub federation: FederationId,
+    /// This device is the park's root device and started the park's ledger.
+    pub started_ledger: bool,
+    /// The genesis lists this device; if not, a device of the park must register it.
+    pub device_listed: bool,
+}
+
 /// What `kervan init` is told about the park.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
@@ -127,8 +137,13 @@ impl DataDir {
             .map_err(io(&self.root))?;
         let key = SigningKey::generate(&mut rand::rng());
         card.device = DeviceKey(key.verifying_key().to_bytes());
+        card.proof = kervan_protocol::device_proof(&key, &card.id);
         card.validate(this_year())
             .map_err(|e| DataDirError::Card(e.to_string()))?;
+        let store = self.open_store()?;
+        card.epoch = hex::encode(store.meta("epoch")?.unwrap_or_default());
+        store.flush()?;
+        drop(store);
         write_private(
             &self.path("api.token"),
             hex::encode(rand::random::<[u8; 32]>()).as_bytes(),
@@ -137,7 +152,6 @@ impl DataDir {
         write_private(&self.path("config.toml"), config.to_toml().as_bytes())?;
         let card_json = serde_json::to_string_pretty(&card).expect("a card serialises");
         write_private(&self.path("card.json"), card_json.as_bytes())?;
-        self.open_store()?.flush()?;
         // The key last: its presence marks a complete init.
         write_private(&key_path, hex::encode(key.to_bytes()).as_bytes())?;
         Ok(card)
@@ -228,7 +242,7 @@ impl DataDir {
 
     fn options(config: &Config) -> Options {
         Options {
-            limits: config.limits,
+            limits: kervan_protocol::Limits::default(),
             max_pending: config.store.max_pending,
             snapshot_every: config.store.snapshot_every,
         }
@@ -238,7 +252,7 @@ impl DataDir {
     /// the genesis, pins the federation id in the store and the config, and starts the park's
     /// ledger when this device is its root device. Joining the same federation again is a
     /// no-op.
-    pub fn join(&self, genesis_bytes: &[u8]) -> Result<(FederationId, bool), DataDirError> {
+    pub fn join(&self, genesis_bytes: &[u8]) -> Result<Joined, DataDirError> {
         let mut config = self.config()?;
         let key = self.signing_key()?;
         let bundle = Bundle::decode(genesis_bytes, 1 << 20, 1 << 20)
@@ -259,12 +273,15 @@ impl DataDir {
             )));
         }
         let device = DeviceKey(key.verifying_key().to_bytes());
-        if !info.lists(&config.park, &device) {
+        if !info.parks().contains(&&config.park) {
             return Err(DataDirError::Genesis(format!(
-                "it does not list this device ({device}) for park {}",
+                "it does not list park {}, the park of this node",
                 config.park
             )));
         }
+        // A further device of a founding park joins too; it writes once a device of its park
+        // has registered it (`kervan devices add --card`) and that registration has arrived.
+        let listed = info.lists(&config.park, &device);
         let store = self.open_store()?;
         let pinned = store
             .meta("federation")?
@@ -291,7 +308,11 @@ impl DataDir {
         replica.ingest(vec![entry.clone()], "genesis")?;
         let started = replica.start_ledger()?;
         replica.snapshot_all()?;
-        Ok((info.federation, started))
+        Ok(Joined {
+            federation: info.federation,
+            started_ledger: started,
+            device_listed: listed,
+        })
     }
 
     /// Opens the replica of a node that has joined.

@@ -59,6 +59,8 @@ pub fn build(root: &Path, n: usize, per_park: usize, seed: u64) -> Result<Demo, 
             city: Some((*city).into()),
             website: None,
             device: DeviceKey([0; 32]),
+            epoch: String::new(),
+            proof: String::new(),
             label: Some("demo".into()),
         })?;
         cards.push(card);

@@ -268,13 +268,12 @@ pub(crate) enum ApplicationCommand {
 
 #[derive(Debug, Subcommand)]
 enum DevicesCommand {
-    /// Register a further device of this park (its key from its own `kervan init`).
+    /// Register a further device of this park from the card its own `kervan init` printed
+    /// (the card carries the device's proof that it holds its key).
     Add {
-        /// The device's public key, 64 hex digits.
-        key: String,
-        /// A label for people, e.g. "backup server".
+        /// The new device's card.
         #[arg(long)]
-        label: Option<String>,
+        card: PathBuf,
     },
 }
 
@@ -395,14 +394,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Programs(cmd) => commands::records(&commands::client(&dir)?, "programs", cmd),
         Command::Applications(cmd) => commands::applications(&commands::client(&dir)?, cmd),
         Command::Demo(args) => demo(args),
-        Command::Devices(DevicesCommand::Add { key, label }) => {
-            let key: DeviceKey = key.parse()?;
+        Command::Devices(DevicesCommand::Add { card }) => {
+            let text = std::fs::read_to_string(&card)
+                .with_context(|| format!("cannot read card {}", card.display()))?;
+            let card: ParkCard = serde_json::from_str(&text)
+                .with_context(|| format!("card {} is invalid", card.display()))?;
             let mut replica = open(&dir)?;
-            let hash = replica.add_device(key, label.as_deref())?;
+            let hash = replica.add_device(&card)?;
             replica.snapshot_all()?;
             println!(
-                "registered device {key} for park {} in change {hash}",
-                dir_park(&dir)?
+                "registered device {} for park {} in change {hash}",
+                card.device, card.id
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -426,6 +428,8 @@ fn init(dir: &DataDir, args: InitArgs) -> anyhow::Result<ExitCode> {
         city: args.city,
         website: args.website,
         device: DeviceKey([0; 32]),
+        epoch: String::new(),
+        proof: String::new(),
         label: args.label,
     };
     let card = dir.init(card)?;
@@ -478,10 +482,17 @@ fn genesis(args: GenesisArgs) -> anyhow::Result<ExitCode> {
 fn join(dir: &DataDir, genesis: &Path) -> anyhow::Result<ExitCode> {
     let bytes =
         std::fs::read(genesis).with_context(|| format!("cannot read {}", genesis.display()))?;
-    let (federation, started) = dir.join(&bytes)?;
-    println!("joined federation {federation}");
-    if started {
+    let joined = dir.join(&bytes)?;
+    println!("joined federation {}", joined.federation);
+    if joined.started_ledger {
         println!("started the ledger of park {}", dir_park(dir)?);
+    }
+    if !joined.device_listed {
+        println!(
+            "this device is not in the genesis: a device of park {} registers it with `kervan devices add --card {}`",
+            dir_park(dir)?,
+            dir.path("card.json").display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -154,7 +154,6 @@ struct DocState {
     /// Accepted changes in the order they were accepted: a causal order.
     order: Vec<Hash>,
     accepted: HashMap<Hash, CausalInfo>,
-    excluded: HashSet<Hash>,
     objects: HashMap<ObjKey, ObjectInfo>,
     /// Each actor's newest accepted change: the summary behind the state digest.
     heads: BTreeMap<Actor, (u64, Hash)>,
@@ -166,7 +165,6 @@ struct DocState {
 #[derive(Serialize, Deserialize)]
 struct DocMeta {
     order: Vec<(Hash, CausalInfo)>,
-    excluded: Vec<Hash>,
     objects: Vec<(ObjKey, ObjectInfo)>,
     registrations: Vec<Registration>,
 }
@@ -181,7 +179,6 @@ impl DocState {
             doc,
             order: Vec::new(),
             accepted: HashMap::new(),
-            excluded: HashSet::new(),
             objects: HashMap::new(),
             heads: BTreeMap::new(),
             registrations: Vec::new(),
@@ -208,7 +205,6 @@ impl DocState {
                 .iter()
                 .filter_map(|h| self.accepted.get(h).map(|i| (*h, i.clone())))
                 .collect(),
-            excluded: self.excluded.iter().copied().collect(),
             objects: self.objects.iter().map(|(k, v)| (*k, v.clone())).collect(),
             registrations: self.registrations.clone(),
         };
@@ -243,7 +239,6 @@ impl DocState {
             state.order.push(hash);
             state.accepted.insert(hash, info);
         }
-        state.excluded = meta.excluded.into_iter().collect();
         state.objects = meta.objects.into_iter().collect();
         state.registrations = meta.registrations;
         Ok(state)
@@ -255,81 +250,124 @@ impl DocState {
 struct Registry {
     parks: BTreeSet<ParkId>,
     devices: HashMap<DeviceKey, BTreeSet<ParkId>>,
-    roots: HashMap<ParkId, DeviceKey>,
+    roots: HashMap<ParkId, Actor>,
+    /// Keys registered for two parks: the device signed proofs for both, so it is frozen.
+    frozen: HashSet<DeviceKey>,
 }
 
 impl Registry {
-    fn add(&mut self, r: &Registration) {
+    /// Adds a registration; answers a device key that is now registered for two parks.
+    fn add(&mut self, r: &Registration) -> Option<(DeviceKey, Vec<ParkId>)> {
         match r {
             Registration::Park(p) => {
                 self.parks.insert(p.clone());
             }
             Registration::Device(p, k) => {
-                self.devices.entry(*k).or_default().insert(p.clone());
+                let parks = self.devices.entry(*k).or_default();
+                parks.insert(p.clone());
+                if parks.len() > 1 && self.frozen.insert(*k) {
+                    return Some((*k, parks.iter().cloned().collect()));
+                }
             }
-            Registration::RootDevice(p, k) => {
-                self.roots.entry(p.clone()).or_insert(*k);
+            Registration::RootActor(p, a) => {
+                self.roots.entry(p.clone()).or_insert(*a);
             }
         }
+        None
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Wait {
-    Dep(Hash),
+    Dep(DocId, Hash),
     Device(DeviceKey),
     Park(ParkId),
 }
 
+/// A change and what it waits for, keyed by (doc, hash).
+type PendingKey = (DocId, Hash);
+
 struct Waiting {
-    doc: DocId,
     verified: Verified,
     envelope: Vec<u8>,
     source: String,
     ticket: u64,
+    waits: Vec<Wait>,
 }
 
 /// Changes that wait for a dependency or a registration, oldest first.
 #[derive(Default)]
 struct Pending {
-    items: HashMap<Hash, Waiting>,
-    by_ticket: BTreeMap<u64, Hash>,
-    waits: HashMap<Wait, Vec<Hash>>,
+    items: HashMap<PendingKey, Waiting>,
+    by_ticket: BTreeMap<u64, PendingKey>,
+    waits: HashMap<Wait, Vec<PendingKey>>,
     next: u64,
 }
 
 impl Pending {
-    fn insert(&mut self, w: Waiting, hash: Hash, reason: &PendingReason) {
-        let waits = match reason {
-            PendingReason::MissingDeps(deps) => deps.iter().map(|d| Wait::Dep(*d)).collect(),
+    fn insert(
+        &mut self,
+        key: PendingKey,
+        verified: Verified,
+        envelope: Vec<u8>,
+        source: String,
+        reason: &PendingReason,
+    ) {
+        let waits: Vec<Wait> = match reason {
+            PendingReason::MissingDeps(deps) => {
+                deps.iter().map(|d| Wait::Dep(key.0.clone(), *d)).collect()
+            }
             PendingReason::UnknownDevice(k) => vec![Wait::Device(*k)],
             PendingReason::UnknownPark(p) => vec![Wait::Park(p.clone())],
         };
-        for w in waits {
-            self.waits.entry(w).or_default().push(hash);
+        for w in &waits {
+            self.waits.entry(w.clone()).or_default().push(key.clone());
         }
         let ticket = self.next;
         self.next += 1;
-        self.by_ticket.insert(ticket, hash);
-        self.items.insert(hash, Waiting { ticket, ..w });
+        self.by_ticket.insert(ticket, key.clone());
+        self.items.insert(
+            key,
+            Waiting {
+                verified,
+                envelope,
+                source,
+                ticket,
+                waits,
+            },
+        );
     }
 
-    fn take(&mut self, hash: &Hash) -> Option<Waiting> {
-        let w = self.items.remove(hash)?;
+    /// Removes a change and every index entry that names it.
+    fn take(&mut self, key: &PendingKey) -> Option<Waiting> {
+        let w = self.items.remove(key)?;
         self.by_ticket.remove(&w.ticket);
+        for wait in &w.waits {
+            if let Some(list) = self.waits.get_mut(wait) {
+                list.retain(|k| k != key);
+                if list.is_empty() {
+                    self.waits.remove(wait);
+                }
+            }
+        }
         Some(w)
     }
 
-    /// The changes that waited for `wait`; stale entries (already taken) are skipped.
-    fn wake(&mut self, wait: &Wait) -> Vec<Waiting> {
-        let hashes = self.waits.remove(wait).unwrap_or_default();
-        hashes.iter().filter_map(|h| self.take(h)).collect()
+    /// The changes that waited for `wait`, taken out of the queue.
+    fn wake(&mut self, wait: &Wait) -> Vec<(PendingKey, Waiting)> {
+        let keys = self.waits.get(wait).cloned().unwrap_or_default();
+        keys.into_iter()
+            .filter_map(|k| self.take(&k).map(|w| (k, w)))
+            .collect()
     }
 
-    fn oldest(&mut self) -> Option<(Hash, Waiting)> {
-        let (_, hash) = self.by_ticket.pop_first()?;
-        let w = self.items.remove(&hash)?;
-        Some((hash, w))
+    fn oldest(&mut self) -> Option<(PendingKey, Waiting)> {
+        let key = self.by_ticket.values().next()?.clone();
+        self.take(&key).map(|w| (key, w))
+    }
+
+    fn contains(&self, doc: &DocId, hash: &Hash) -> bool {
+        self.items.contains_key(&(doc.clone(), *hash))
     }
 
     fn len(&self) -> usize {
@@ -355,6 +393,9 @@ pub struct Replica<S: Store> {
     registry: Registry,
     slots: HashMap<(DocId, Actor, u64), Hash>,
     frozen: HashMap<(DocId, Actor), u64>,
+    /// Changes excluded by equivocation (frozen, or built on a frozen change). Not kept in
+    /// snapshots: a restore judges them again from the stored evidence.
+    excluded: HashSet<(DocId, Hash)>,
     pending: Pending,
     index: Index,
     stats: Stats,
@@ -375,16 +416,18 @@ impl<S: Store> std::fmt::Debug for Replica<S> {
 }
 
 /// The view of the replica the rules judge against.
-struct View<'a> {
+struct View<'a, S: Store> {
     federation: FederationId,
     limits: Limits,
     docs: &'a BTreeMap<DocId, DocState>,
     registry: &'a Registry,
     slots: &'a HashMap<(DocId, Actor, u64), Hash>,
     frozen: &'a HashMap<(DocId, Actor), u64>,
+    excluded: &'a HashSet<(DocId, Hash)>,
+    store: &'a S,
 }
 
-impl Context for View<'_> {
+impl<S: Store> Context for View<'_, S> {
     fn federation(&self) -> FederationId {
         self.federation
     }
@@ -403,16 +446,22 @@ impl Context for View<'_> {
     fn is_any_device(&self, key: &DeviceKey) -> bool {
         self.registry.devices.contains_key(key)
     }
-    fn root_device(&self, park: &ParkId) -> Option<DeviceKey> {
+    fn root_actor(&self, park: &ParkId) -> Option<Actor> {
         self.registry.roots.get(park).copied()
+    }
+    fn device_frozen(&self, key: &DeviceKey) -> bool {
+        self.registry.frozen.contains(key)
     }
     fn accepted(&self, doc: &DocId, hash: &Hash) -> Option<&CausalInfo> {
         self.docs.get(doc)?.accepted.get(hash)
     }
     fn excluded(&self, doc: &DocId, hash: &Hash) -> bool {
-        self.docs
-            .get(doc)
-            .is_some_and(|d| d.excluded.contains(hash))
+        self.excluded.contains(&(doc.clone(), *hash))
+    }
+    fn rejected(&self, doc: &DocId, hash: &Hash) -> bool {
+        // A store that cannot answer is a fatal fault the next write will surface; here the
+        // change simply stays pending.
+        self.store.is_rejected(Some(doc), hash).unwrap_or(false)
     }
     fn slot(&self, doc: &DocId, actor: &Actor, seq: u64) -> Option<Hash> {
         self.slots.get(&(doc.clone(), *actor, seq)).copied()
@@ -500,6 +549,7 @@ impl<S: Store> Replica<S> {
             registry: Registry::default(),
             slots: HashMap::new(),
             frozen: HashMap::new(),
+            excluded: HashSet::new(),
             pending: Pending::default(),
             index: Index::default(),
             stats: Stats::default(),
@@ -527,10 +577,12 @@ impl<S: Store> Replica<S> {
             .map(|(d, a, s, h)| ((d, a, s), h))
             .collect();
         self.frozen.clear();
+        self.excluded.clear();
         for e in self.store.evidence()? {
             let f = self.frozen.entry((e.doc, e.actor)).or_insert(e.seq);
             *f = (*f).min(e.seq);
         }
+        self.registry.frozen = self.store.frozen_keys()?.into_iter().collect();
         if use_snapshots {
             self.load_snapshot(DocId::Federation)?;
             let parks: Vec<ParkId> = self.registry.parks.iter().cloned().collect();
@@ -542,13 +594,13 @@ impl<S: Store> Replica<S> {
             .store
             .changes()?
             .into_iter()
-            .filter(|(h, _)| {
+            .filter(|(doc, h, _)| {
                 !self
                     .docs
-                    .values()
-                    .any(|d| d.accepted.contains_key(h) || d.excluded.contains(h))
+                    .get(doc)
+                    .is_some_and(|d| d.accepted.contains_key(h))
             })
-            .map(|(_, env)| env)
+            .map(|(_, _, env)| env)
             .collect();
         self.restoring = true;
         let result = self.ingest_inner(tail, "restore");
@@ -586,7 +638,7 @@ impl<S: Store> Replica<S> {
         Ok(())
     }
 
-    fn view(&self) -> View<'_> {
+    fn view(&self) -> View<'_, S> {
         View {
             federation: self.federation,
             limits: self.opts.limits,
@@ -594,6 +646,8 @@ impl<S: Store> Replica<S> {
             registry: &self.registry,
             slots: &self.slots,
             frozen: &self.frozen,
+            excluded: &self.excluded,
+            store: &self.store,
         }
     }
 
@@ -601,9 +655,10 @@ impl<S: Store> Replica<S> {
         Ok(self
             .docs
             .get(doc)
-            .is_some_and(|d| d.accepted.contains_key(hash) || d.excluded.contains(hash))
-            || self.pending.items.contains_key(hash)
-            || (!self.restoring && self.store.is_rejected(hash)?))
+            .is_some_and(|d| d.accepted.contains_key(hash))
+            || self.excluded.contains(&(doc.clone(), *hash))
+            || self.pending.contains(doc, hash)
+            || (!self.restoring && self.store.is_rejected(Some(doc), hash)?))
     }
 
     /// Checks, stores and applies a batch of encoded envelopes from one source, and answers
@@ -636,8 +691,8 @@ impl<S: Store> Replica<S> {
             let verdict = rules::check_verified(&w.doc, w.verified.clone(), &self.view());
             let outcome = match verdict {
                 Verdict::Accept(checked) => {
-                    self.store.put_change(&hash, &w.envelope)?;
-                    self.accept(&checked, &mut work);
+                    self.store.put_change(&w.doc, &hash, &w.envelope)?;
+                    needs_rebuild |= self.accept(&checked, &mut work)?;
                     touched
                         .entry(checked.doc.clone())
                         .or_default()
@@ -650,24 +705,20 @@ impl<S: Store> Replica<S> {
                     Outcome::Accepted
                 }
                 Verdict::Pending(reason) => {
-                    self.store.put_change(&hash, &w.envelope)?;
+                    self.store.put_change(&w.doc, &hash, &w.envelope)?;
                     let text = reason.to_string();
                     self.pending.insert(
-                        Waiting {
-                            doc: w.doc,
-                            verified: w.verified,
-                            envelope: w.envelope,
-                            source: w.source,
-                            ticket: 0,
-                        },
-                        hash,
+                        (w.doc.clone(), hash),
+                        w.verified,
+                        w.envelope,
+                        w.source,
                         &reason,
                     );
                     self.bound_pending()?;
                     Outcome::Pending { reason: text }
                 }
                 Verdict::Reject(reason) => {
-                    needs_rebuild |= self.refuse(&w, &reason)?;
+                    needs_rebuild |= self.refuse(&w, &reason, &mut work)?;
                     Outcome::Rejected {
                         code: reason.code().into(),
                         reason: reason.to_string(),
@@ -694,9 +745,9 @@ impl<S: Store> Replica<S> {
             self.reindex(&doc, t);
         }
         self.store.flush()?;
-        if needs_rebuild {
+        if needs_rebuild && !self.restoring {
             self.rebuild()?;
-        } else {
+        } else if !self.restoring {
             self.maybe_snapshot()?;
         }
         Ok(reports)
@@ -727,7 +778,7 @@ impl<S: Store> Replica<S> {
         // Refusals before the signature is checked are recorded under the envelope's own
         // hash, never the change's: a corrupted copy must not shadow the genuine change.
         let raw_key = Hash(Sha256::digest(&bytes).into());
-        if !self.restoring && self.store.is_rejected(&raw_key)? {
+        if !self.restoring && self.store.is_rejected(None, &raw_key)? {
             self.stats.duplicates += 1;
             return Ok((None, None, Outcome::Duplicate));
         }
@@ -745,11 +796,8 @@ impl<S: Store> Replica<S> {
                 let reason = RejectReason::BadChange {
                     message: e.to_string(),
                 };
-                return Ok((
-                    None,
-                    Some(doc.clone()),
-                    self.reject_raw(raw_key, Some(doc), &reason, source)?,
-                ));
+                let outcome = self.reject_raw(raw_key, Some(doc.clone()), &reason, source)?;
+                return Ok((None, Some(doc), outcome));
             }
         };
         let hash = Hash::from(parsed.hash());
@@ -760,11 +808,8 @@ impl<S: Store> Replica<S> {
         let verified = match rules::verify_parsed(&envelope, parsed, &self.view()) {
             Ok(v) => v,
             Err(reason) => {
-                return Ok((
-                    Some(hash),
-                    Some(doc.clone()),
-                    self.reject_raw(raw_key, Some(doc), &reason, source)?,
-                ));
+                let outcome = self.reject_raw(raw_key, Some(doc.clone()), &reason, source)?;
+                return Ok((Some(hash), Some(doc), outcome));
             }
         };
         let slot = (doc.clone(), verified.actor, verified.change.seq());
@@ -788,6 +833,7 @@ impl<S: Store> Replica<S> {
         ))
     }
 
+    /// Records an envelope refused before its signature verified, under its own hash.
     fn reject_raw(
         &mut self,
         key: Hash,
@@ -804,6 +850,7 @@ impl<S: Store> Replica<S> {
         self.store.put_rejected(&Rejected {
             key,
             doc,
+            verified: false,
             code: reason.code().into(),
             reason: reason.to_string(),
             source: source.into(),
@@ -816,28 +863,36 @@ impl<S: Store> Replica<S> {
         })
     }
 
-    /// Records a verified change the rules refused. Returns whether an acceptance must be
-    /// taken back (equivocation by an actor whose changes were already applied).
-    fn refuse(&mut self, w: &Work, reason: &RejectReason) -> Result<bool, ReplicaError> {
+    /// Records a verified change the rules refused, and wakes what waited for it (it will now
+    /// be refused too). Returns whether an acceptance must be taken back (equivocation by an
+    /// actor whose changes were already applied).
+    fn refuse(
+        &mut self,
+        w: &Work,
+        reason: &RejectReason,
+        work: &mut VecDeque<Work>,
+    ) -> Result<bool, ReplicaError> {
         let hash = w.verified.hash;
         let actor = w.verified.actor;
         let seq = w.verified.change.seq();
-        tracing::warn!(source = %w.source, doc = %w.doc, %hash, code = reason.code(), %reason, "rejected change");
+        if !self.restoring {
+            tracing::warn!(source = %w.source, doc = %w.doc, %hash, code = reason.code(), %reason, "rejected change");
+        }
         *self
             .stats
             .rejected
             .entry(reason.code().to_owned())
             .or_default() += 1;
         let mut rebuild = false;
-        match reason {
+        let excluded = match reason {
             RejectReason::Equivocation { other, .. } => {
-                let other_env = match self.store.change(other)? {
+                let other_env = match self.store.change(&w.doc, other)? {
                     Some(e) => e,
                     None => self
                         .store
                         .rejected()?
                         .into_iter()
-                        .find(|r| r.key == *other)
+                        .find(|r| r.key == *other && r.doc.as_ref() == Some(&w.doc))
                         .map(|r| r.envelope)
                         .unwrap_or_default(),
                 };
@@ -850,62 +905,80 @@ impl<S: Store> Replica<S> {
                 })?;
                 let f = self.frozen.entry((w.doc.clone(), actor)).or_insert(seq);
                 *f = (*f).min(seq);
-                // Kept as proof; every later check of it answers the same.
-                self.store.put_change(&hash, &w.envelope)?;
                 rebuild = self
                     .docs
                     .get(&w.doc)
                     .and_then(|d| d.heads.get(&actor))
                     .is_some_and(|(s, _)| *s >= seq);
+                true
             }
-            RejectReason::Frozen { .. } | RejectReason::BuiltOnEquivocation { .. } => {
-                self.store.put_change(&hash, &w.envelope)?;
-                if let Some(d) = self.docs.get_mut(&w.doc) {
-                    d.excluded.insert(hash);
-                }
-            }
-            _ => {}
+            RejectReason::Frozen { .. }
+            | RejectReason::BuiltOnEquivocation { .. }
+            | RejectReason::DeviceFrozen { .. } => true,
+            _ => false,
+        };
+        if excluded {
+            // Kept as proof: a restore judges it again, with the evidence, the same way.
+            self.store.put_change(&w.doc, &hash, &w.envelope)?;
+            self.excluded.insert((w.doc.clone(), hash));
         }
-        self.store.put_rejected(&Rejected {
-            key: hash,
-            doc: Some(w.doc.clone()),
-            code: reason.code().into(),
-            reason: reason.to_string(),
-            source: w.source.clone(),
-            at: now_seconds(),
-            envelope: w.envelope.clone(),
-        })?;
+        if !self.restoring || !excluded {
+            self.store.put_rejected(&Rejected {
+                key: hash,
+                doc: Some(w.doc.clone()),
+                verified: true,
+                code: reason.code().into(),
+                reason: reason.to_string(),
+                source: w.source.clone(),
+                at: now_seconds(),
+                envelope: w.envelope.clone(),
+            })?;
+        }
+        self.wake(&Wait::Dep(w.doc.clone(), hash), work);
         Ok(rebuild)
     }
 
+    /// Moves what waited for `wait` back onto the work queue.
+    fn wake(&mut self, wait: &Wait, work: &mut VecDeque<Work>) {
+        for ((doc, _), w) in self.pending.wake(wait) {
+            work.push_back(Work {
+                doc,
+                verified: w.verified,
+                envelope: w.envelope,
+                source: w.source,
+                report: None,
+            });
+        }
+    }
+
     /// Takes an accepted change into the replica's knowledge and wakes what waited for it.
-    fn accept(&mut self, c: &Checked, work: &mut VecDeque<Work>) {
+    /// Returns whether a device just became registered for a second park, which freezes it
+    /// and takes back its changes.
+    fn accept(&mut self, c: &Checked, work: &mut VecDeque<Work>) -> Result<bool, ReplicaError> {
         let actor = self.actor();
         let state = self
             .docs
             .entry(c.doc.clone())
             .or_insert_with(|| DocState::new(actor));
         state.accept(c);
-        let mut wakes = vec![Wait::Dep(c.hash)];
+        let mut wakes = vec![Wait::Dep(c.doc.clone(), c.hash)];
+        let mut rebuild = false;
         for r in &c.registrations {
-            self.registry.add(r);
+            if let Some((key, parks)) = self.registry.add(r) {
+                tracing::warn!(device = %key, ?parks, "device registered for two parks: frozen");
+                self.store.put_frozen_key(&key, &parks)?;
+                rebuild = true;
+            }
             match r {
                 Registration::Park(p) => wakes.push(Wait::Park(p.clone())),
                 Registration::Device(_, k) => wakes.push(Wait::Device(*k)),
-                Registration::RootDevice(..) => {}
+                Registration::RootActor(..) => {}
             }
         }
         for wait in wakes {
-            for w in self.pending.wake(&wait) {
-                work.push_back(Work {
-                    doc: w.doc,
-                    verified: w.verified,
-                    envelope: w.envelope,
-                    source: w.source,
-                    report: None,
-                });
-            }
+            self.wake(&wait, work);
         }
+        Ok(rebuild)
     }
 
     fn bound_pending(&mut self) -> Result<(), ReplicaError> {
@@ -913,11 +986,11 @@ impl<S: Store> Replica<S> {
             return Ok(());
         }
         while self.pending.len() > self.opts.max_pending {
-            let Some((hash, w)) = self.pending.oldest() else {
+            let Some(((doc, hash), _)) = self.pending.oldest() else {
                 break;
             };
-            tracing::warn!(doc = %w.doc, %hash, "pending queue full: dropped the oldest change");
-            self.store.remove_change(&hash)?;
+            tracing::warn!(%doc, %hash, "pending queue full: dropped the oldest change");
+            self.store.remove_change(&doc, &hash)?;
             self.stats.pending_dropped += 1;
         }
         Ok(())
@@ -1095,9 +1168,9 @@ impl<S: Store> Replica<S> {
     /// Every accepted change, federation document first, each document in causal order.
     pub fn export(&self, since: Option<i64>) -> Result<Bundle, ReplicaError> {
         let mut entries = Vec::new();
-        for d in self.docs.values() {
+        for (doc, d) in &self.docs {
             for hash in &d.order {
-                let Some(env) = self.store.change(hash)? else {
+                let Some(env) = self.store.change(doc, hash)? else {
                     continue;
                 };
                 if let Some(since) = since {
@@ -1138,9 +1211,16 @@ impl<S: Store> Replica<S> {
         let stored = self.store.changes()?;
         let mut failed = Vec::new();
         let mut verified = 0;
-        for (key, env) in &stored {
+        for (doc, key, env) in &stored {
             let result = SignedChange::decode(env, usize::MAX)
                 .map_err(|e| e.to_string())
+                .and_then(|e| {
+                    if e.doc == *doc {
+                        Ok(e)
+                    } else {
+                        Err(format!("stored under {doc} but signed for {}", e.doc))
+                    }
+                })
                 .and_then(|e| e.verify(&self.federation).map_err(|e| e.to_string()))
                 .and_then(|v| {
                     if v.hash == *key {
@@ -1160,7 +1240,7 @@ impl<S: Store> Replica<S> {
             failed,
             accepted: self.accepted_count(),
             pending: self.pending.len(),
-            excluded: self.docs.values().map(|d| d.excluded.len()).sum(),
+            excluded: self.excluded.len(),
             rejected: self.store.rejected()?.len(),
             evidence: self.store.evidence()?.len(),
             digest: self.digest().to_string(),
@@ -1200,18 +1280,29 @@ impl<S: Store> Replica<S> {
             .get_last_local_change()
             .expect("a change was just committed");
         let signed = SignedChange::sign(&self.federation, doc.clone(), &mut change, &identity.key);
-        let report = self.ingest(vec![signed.encode()], "local")?;
-        match report.first().map(|r| &r.outcome) {
-            Some(Outcome::Accepted) => Ok(Some(Hash::from(change.hash()))),
-            other => {
-                // The document already holds the refused change: rebuild it from the store,
-                // which never received it.
-                let why = format!("{other:?}");
-                tracing::error!(%doc, why, "own change refused; rebuilding");
-                self.rebuild()?;
-                Err(ReplicaError::OwnChangeRefused(why))
-            }
-        }
+        // Judge it first, storing nothing: a refused change must leave no slot, no pending
+        // entry and no trace, so the next write may take the same seq.
+        let why = match rules::check(&signed, &self.view()) {
+            Verdict::Accept(_) => None,
+            Verdict::Pending(p) => Some(p.to_string()),
+            Verdict::Reject(r) => Some(r.to_string()),
+        };
+        let why = match why {
+            None => match self
+                .ingest(vec![signed.encode()], "local")?
+                .first()
+                .map(|r| &r.outcome)
+            {
+                Some(Outcome::Accepted) => return Ok(Some(Hash::from(change.hash()))),
+                other => format!("{other:?}"),
+            },
+            Some(why) => why,
+        };
+        // The document already holds the refused change: rebuild it from the store, which
+        // never received it.
+        tracing::error!(%doc, why, "own change refused; rebuilding");
+        self.rebuild()?;
+        Err(ReplicaError::OwnChangeRefused(why))
     }
 
     fn own_park(&self) -> Result<ParkId, ReplicaError> {
@@ -1227,7 +1318,7 @@ impl<S: Store> Replica<S> {
         let identity = self.identity.clone().ok_or(ReplicaError::NoIdentity)?;
         let doc = DocId::Ledger(identity.park.clone());
         if self.docs.contains_key(&doc)
-            || self.registry.roots.get(&identity.park) != Some(&identity.device())
+            || self.registry.roots.get(&identity.park) != Some(&identity.actor())
         {
             return Ok(false);
         }
@@ -1462,19 +1553,33 @@ impl<S: Store> Replica<S> {
 
 impl<S: Store> Replica<S> {
     /// Registers a further device of this park in the federation document.
-    pub fn add_device(
-        &mut self,
-        key: DeviceKey,
-        label: Option<&str>,
-    ) -> Result<Hash, ReplicaError> {
+    /// Registers a further device of this park from its card (`kervan init` on that device
+    /// prints it): the card's proof shows the device holds its key.
+    pub fn add_device(&mut self, card: &kervan_protocol::ParkCard) -> Result<Hash, ReplicaError> {
         let park = self.own_park()?;
+        let key = card.device;
+        if card.id != park {
+            return Err(invalid(
+                "id",
+                format!(
+                    "the card is for park {}, this node writes for {park}",
+                    card.id
+                ),
+            ));
+        }
+        if !kervan_protocol::verify_device_proof(&key, &park, &card.proof) {
+            return Err(invalid(
+                "proof",
+                "does not verify for the card's device and park",
+            ));
+        }
         if self.is_device(&park, &key) {
             return Err(invalid(
-                "key",
+                "device",
                 format!("device {key} is already registered for {park}"),
             ));
         }
-        if let Some(l) = label {
+        if let Some(l) = &card.label {
             records::check_scalar(
                 &records::DEVICE_FIELDS[0].kind,
                 records::Scalar::Str(l),
@@ -1484,8 +1589,9 @@ impl<S: Store> Replica<S> {
         }
         let mut device = serde_json::Map::new();
         device.insert("added_at".into(), Value::String(now_rfc3339()));
-        if let Some(l) = label {
-            device.insert("label".into(), Value::String(l.into()));
+        device.insert("proof".into(), Value::String(card.proof.clone()));
+        if let Some(l) = &card.label {
+            device.insert("label".into(), Value::String(l.clone()));
         }
         let value = records::record_to_automerge(records::DEVICE_FIELDS, &device);
         self.write(&DocId::Federation, |doc| {
@@ -1495,7 +1601,7 @@ impl<S: Store> Replica<S> {
             doc.batch_create_object(&devices, key.to_hex(), &value, false)?;
             Ok(())
         })?
-        .ok_or_else(|| invalid("key", "the registration changed nothing"))
+        .ok_or_else(|| invalid("device", "the registration changed nothing"))
     }
 }
 
@@ -1719,7 +1825,7 @@ impl<S: Store> Replica<S> {
                 continue;
             }
             for hash in state.order.iter().rev() {
-                let Some(env) = self.store.change(hash)? else {
+                let Some(env) = self.store.change(doc, hash)? else {
                     continue;
                 };
                 let Some(entry) = self.audit_entry(doc, &env, "accepted") else {
@@ -1759,20 +1865,21 @@ impl<S: Store> Replica<S> {
 
     /// One stored change with its status, as the audit shows it, and its signed envelope.
     pub fn audit_change(&self, hash: &Hash) -> Result<Option<(AuditEntry, Vec<u8>)>, ReplicaError> {
-        let Some(env) = self.store.change(hash)? else {
-            return Ok(None);
-        };
-        let Ok(decoded) = SignedChange::decode(&env, usize::MAX) else {
-            return Ok(None);
-        };
-        let doc = decoded.doc;
-        let status = match self.docs.get(&doc) {
-            Some(d) if d.accepted.contains_key(hash) => "accepted",
-            Some(d) if d.excluded.contains(hash) => "excluded",
-            _ if self.pending.items.contains_key(hash) => "pending",
-            _ => "excluded",
-        };
-        Ok(self.audit_entry(&doc, &env, status).map(|e| (e, env)))
+        let mut docs: Vec<DocId> = self.docs.keys().cloned().collect();
+        docs.extend(self.pending.items.keys().map(|(d, _)| d.clone()));
+        docs.extend(self.excluded.iter().map(|(d, _)| d.clone()));
+        for doc in docs {
+            let Some(env) = self.store.change(&doc, hash)? else {
+                continue;
+            };
+            let status = match self.docs.get(&doc) {
+                Some(d) if d.accepted.contains_key(hash) => "accepted",
+                _ if self.pending.contains(&doc, hash) => "pending",
+                _ => "excluded",
+            };
+            return Ok(self.audit_entry(&doc, &env, status).map(|e| (e, env)));
+        }
+        Ok(None)
     }
 }
 

@@ -1,14 +1,18 @@
 //! Durable storage of signed changes, behind the [`Store`] trait, with sled 0.34 beneath it.
 //!
-//! Trees (DESIGN §7): `changes` (hash → envelope of every verified change that was not
+//! Trees (DESIGN §7): `changes` (doc, hash → envelope of every verified change that was not
 //! rejected), `by_actor` (doc, actor, seq → hash of every verified change, rejected ones too,
-//! so equivocation is judged the same whatever the order), `rejected` (key → record with the
-//! reason), `evidence` (doc, actor, seq → both envelopes), `meta`, `snapshots` (doc → saved
-//! document and the replica's facts about it).
+//! so equivocation is judged the same whatever the order), `rejected` (doc, hash, or the
+//! envelope's own hash where it never verified → record with the reason), `evidence` (doc,
+//! actor, seq → both envelopes), `frozen_keys` (device keys registered for two parks), `meta`,
+//! `snapshots` (doc → saved document and the replica's facts about it).
+//!
+//! Changes are keyed by document and hash: the same Automerge change signed for two documents
+//! is two entries, each judged in its own document.
 
 use std::path::Path;
 
-use kervan_protocol::{Actor, DocId, Hash};
+use kervan_protocol::{Actor, DeviceKey, DocId, Hash, ParkId};
 use serde::{Deserialize, Serialize};
 
 /// A failure of the storage layer. The replica treats it as fatal.
@@ -23,9 +27,13 @@ pub enum StoreError {
 /// A change refused for good, kept with its reason and never requested again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rejected {
-    /// The change hash where the envelope parsed, else the SHA-256 of the raw bytes.
+    /// The change hash where the signature verified, else the SHA-256 of the raw envelope:
+    /// a corrupted copy never shadows the genuine change.
     pub key: Hash,
     pub doc: Option<DocId>,
+    /// Whether the signature verified, so the rejection belongs to the change itself.
+    #[serde(default)]
+    pub verified: bool,
     pub code: String,
     pub reason: String,
     /// Who sent it: `local`, `import`, `restore` or a peer id.
@@ -76,21 +84,25 @@ pub trait Store: Send {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Stores a verified change that was not rejected.
-    fn put_change(&self, hash: &Hash, envelope: &[u8]) -> Result<(), StoreError>;
-    fn change(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError>;
-    fn remove_change(&self, hash: &Hash) -> Result<(), StoreError>;
-    /// Every stored change, in hash order.
-    fn changes(&self) -> Result<Vec<(Hash, Vec<u8>)>, StoreError>;
+    fn put_change(&self, doc: &DocId, hash: &Hash, envelope: &[u8]) -> Result<(), StoreError>;
+    fn change(&self, doc: &DocId, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError>;
+    fn remove_change(&self, doc: &DocId, hash: &Hash) -> Result<(), StoreError>;
+    /// Every stored change, by document, then hash.
+    fn changes(&self) -> Result<Vec<(DocId, Hash, Vec<u8>)>, StoreError>;
     fn change_count(&self) -> usize;
     /// Records which verified change holds a slot (doc, actor, seq); the first one keeps it.
     fn put_slot(&self, doc: &DocId, actor: &Actor, seq: u64, hash: &Hash)
     -> Result<(), StoreError>;
     fn slots(&self) -> Result<Vec<(DocId, Actor, u64, Hash)>, StoreError>;
     fn put_rejected(&self, rejected: &Rejected) -> Result<(), StoreError>;
-    fn is_rejected(&self, key: &Hash) -> Result<bool, StoreError>;
+    /// Whether a change of `doc` (or, with no doc, an envelope by its own hash) was rejected.
+    fn is_rejected(&self, doc: Option<&DocId>, key: &Hash) -> Result<bool, StoreError>;
     fn rejected(&self) -> Result<Vec<Rejected>, StoreError>;
     fn put_evidence(&self, evidence: &Evidence) -> Result<(), StoreError>;
     fn evidence(&self) -> Result<Vec<Evidence>, StoreError>;
+    /// Records a device key registered for two parks: it is frozen everywhere.
+    fn put_frozen_key(&self, key: &DeviceKey, parks: &[ParkId]) -> Result<(), StoreError>;
+    fn frozen_keys(&self) -> Result<Vec<DeviceKey>, StoreError>;
     fn put_snapshot(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError>;
     fn snapshot(&self, doc: &DocId) -> Result<Option<Vec<u8>>, StoreError>;
     fn clear_snapshots(&self) -> Result<(), StoreError>;
@@ -108,6 +120,7 @@ pub struct SledStore {
     by_actor: sled::Tree,
     rejected: sled::Tree,
     evidence: sled::Tree,
+    frozen_keys: sled::Tree,
     snapshots: sled::Tree,
 }
 
@@ -120,6 +133,7 @@ impl SledStore {
             by_actor: db.open_tree("by_actor")?,
             rejected: db.open_tree("rejected")?,
             evidence: db.open_tree("evidence")?,
+            frozen_keys: db.open_tree("frozen_keys")?,
             snapshots: db.open_tree("snapshots")?,
             db,
         })
@@ -134,6 +148,22 @@ fn slot_key(doc: &DocId, actor: &Actor, seq: u64) -> Vec<u8> {
     k.extend_from_slice(&actor.to_bytes());
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+fn doc_key(doc: Option<&DocId>, hash: &Hash) -> Vec<u8> {
+    let doc = doc.map_or_else(|| "raw".to_owned(), ToString::to_string);
+    let mut k = Vec::with_capacity(doc.len() + 1 + 32);
+    k.extend_from_slice(doc.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&hash.0);
+    k
+}
+
+fn parse_doc_key(k: &[u8]) -> Option<(DocId, Hash)> {
+    let nul = k.iter().position(|b| *b == 0)?;
+    let doc = std::str::from_utf8(&k[..nul]).ok()?.parse().ok()?;
+    let hash = <[u8; 32]>::try_from(&k[nul + 1..]).ok()?;
+    Some((doc, Hash(hash)))
 }
 
 fn parse_slot_key(k: &[u8]) -> Option<(DocId, Actor, u64)> {
@@ -178,26 +208,33 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn put_change(&self, hash: &Hash, envelope: &[u8]) -> Result<(), StoreError> {
-        self.changes.insert(hash.0, envelope)?;
+    fn put_change(&self, doc: &DocId, hash: &Hash, envelope: &[u8]) -> Result<(), StoreError> {
+        self.changes.insert(doc_key(Some(doc), hash), envelope)?;
         Ok(())
     }
 
-    fn change(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.changes.get(hash.0)?.map(|v| v.to_vec()))
+    fn change(&self, doc: &DocId, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .changes
+            .get(doc_key(Some(doc), hash))?
+            .map(|v| v.to_vec()))
     }
 
-    fn remove_change(&self, hash: &Hash) -> Result<(), StoreError> {
-        self.changes.remove(hash.0)?;
+    fn remove_change(&self, doc: &DocId, hash: &Hash) -> Result<(), StoreError> {
+        self.changes.remove(doc_key(Some(doc), hash))?;
         Ok(())
     }
 
-    fn changes(&self) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
+    fn changes(&self) -> Result<Vec<(DocId, Hash, Vec<u8>)>, StoreError> {
         self.changes
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((hash_of(&k, "changes")?, v.to_vec()))
+                let (doc, hash) = parse_doc_key(&k).ok_or_else(|| StoreError::Corrupt {
+                    what: "changes".into(),
+                    why: "a key that is not a document and a hash".into(),
+                })?;
+                Ok((doc, hash, v.to_vec()))
             })
             .collect()
     }
@@ -237,12 +274,16 @@ impl Store for SledStore {
     }
 
     fn put_rejected(&self, rejected: &Rejected) -> Result<(), StoreError> {
-        self.rejected.insert(rejected.key.0, to_json(rejected))?;
+        let key = doc_key(
+            rejected.doc.as_ref().filter(|_| rejected.verified),
+            &rejected.key,
+        );
+        self.rejected.insert(key, to_json(rejected))?;
         Ok(())
     }
 
-    fn is_rejected(&self, key: &Hash) -> Result<bool, StoreError> {
-        Ok(self.rejected.contains_key(key.0)?)
+    fn is_rejected(&self, doc: Option<&DocId>, key: &Hash) -> Result<bool, StoreError> {
+        Ok(self.rejected.contains_key(doc_key(doc, key))?)
     }
 
     fn rejected(&self) -> Result<Vec<Rejected>, StoreError> {
@@ -262,6 +303,18 @@ impl Store for SledStore {
         self.evidence
             .iter()
             .map(|kv| json(&kv?.1, "evidence"))
+            .collect()
+    }
+
+    fn put_frozen_key(&self, key: &DeviceKey, parks: &[ParkId]) -> Result<(), StoreError> {
+        self.frozen_keys.insert(key.0, to_json(&parks))?;
+        Ok(())
+    }
+
+    fn frozen_keys(&self) -> Result<Vec<DeviceKey>, StoreError> {
+        self.frozen_keys
+            .iter()
+            .map(|kv| Ok(DeviceKey(hash_of(&kv?.0, "frozen_keys")?.0)))
             .collect()
     }
 
@@ -310,18 +363,22 @@ mod tests {
                 .put_slot(&doc, &actor, 7, &Hash([2; 32]))
                 .expect("slot");
             store
-                .put_change(&Hash([1; 32]), b"envelope")
+                .put_change(&doc, &Hash([1; 32]), b"envelope")
                 .expect("change");
             store.flush().expect("flush");
         }
         let store = SledStore::open(dir.path()).expect("reopen");
         assert_eq!(
             store.slots().expect("slots"),
-            vec![(doc, actor, 7, Hash([1; 32]))]
+            vec![(doc.clone(), actor, 7, Hash([1; 32]))]
         );
         assert_eq!(
-            store.change(&Hash([1; 32])).expect("read"),
+            store.change(&doc, &Hash([1; 32])).expect("read"),
             Some(b"envelope".to_vec())
         );
+        let other = store
+            .change(&DocId::Federation, &Hash([1; 32]))
+            .expect("read");
+        assert_eq!(other, None, "changes are keyed by document");
     }
 }

@@ -212,6 +212,8 @@ fn setup() -> Setup {
                 city: None,
                 website: None,
                 device: DeviceKey([0; 32]),
+                epoch: String::new(),
+                proof: String::new(),
                 label: None,
             })
             .expect("init"),

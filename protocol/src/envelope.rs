@@ -101,7 +101,8 @@ impl SignedChange {
         let sig = key.sign(&signing_message(federation, &doc, &hash));
         Self {
             doc,
-            change: change.bytes().into_owned(),
+            // Uncompressed: a node never inflates a peer's bytes before it has judged them.
+            change: change.raw_bytes().to_vec(),
             sig: sig.to_bytes(),
         }
     }
@@ -115,6 +116,17 @@ impl SignedChange {
     /// Parses the change bytes, so a node can tell a duplicate by its hash before it spends a
     /// signature check on it.
     pub fn parse(&self) -> Result<automerge::Change, VerifyError> {
+        // Byte 8 of an Automerge chunk is its type: 1 is an uncompressed change. A compressed
+        // chunk (2) would inflate without bound before any check could refuse it.
+        match self.change.get(8) {
+            Some(1) => {}
+            Some(2) => {
+                return Err(VerifyError::Change(
+                    "compressed changes are refused; send the uncompressed chunk".into(),
+                ));
+            }
+            _ => return Err(VerifyError::Change("not an Automerge change chunk".into())),
+        }
         automerge::Change::try_from(self.change.as_slice())
             .map_err(|e| VerifyError::Change(e.to_string()))
     }

@@ -26,8 +26,54 @@ pub struct ParkCard {
     #[serde(default)]
     pub website: Option<String>,
     pub device: DeviceKey,
+    /// The store epoch of the device's node, 16 hex digits: with the key, the actor that
+    /// starts the park's ledger.
+    pub epoch: String,
+    /// The device's proof that it holds its key, for this park ([`device_proof`]).
+    pub proof: String,
     #[serde(default)]
     pub label: Option<String>,
+}
+
+/// The domain separator of a device's proof of possession.
+pub const DEVICE_PROOF_CONTEXT: &[u8] = b"kervan/device/v1";
+
+/// A device's proof that it holds its key, for a park: hex of its signature over the context
+/// and the park id. A park registers a further device only with this proof, so no park can
+/// claim another park's device.
+pub fn device_proof(key: &ed25519_dalek::SigningKey, park: &ParkId) -> String {
+    use ed25519_dalek::Signer;
+    let mut msg = DEVICE_PROOF_CONTEXT.to_vec();
+    msg.extend_from_slice(park.as_str().as_bytes());
+    hex::encode(key.sign(&msg).to_bytes())
+}
+
+/// Checks a proof made by [`device_proof`].
+pub fn verify_device_proof(key: &DeviceKey, park: &ParkId, proof: &str) -> bool {
+    let mut sig = [0u8; 64];
+    if proof.len() != 128 || hex::decode_to_slice(proof, &mut sig).is_err() {
+        return false;
+    }
+    let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&key.0) else {
+        return false;
+    };
+    let mut msg = DEVICE_PROOF_CONTEXT.to_vec();
+    msg.extend_from_slice(park.as_str().as_bytes());
+    vk.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&sig))
+        .is_ok()
+}
+
+impl ParkCard {
+    /// The actor that starts this park's ledger.
+    pub fn root_actor(&self) -> Result<Actor, String> {
+        let mut epoch = [0u8; 8];
+        hex::decode_to_slice(&self.epoch, &mut epoch)
+            .map_err(|_| format!("epoch must be 16 hex digits, found {:?}", self.epoch))?;
+        Ok(Actor {
+            key: self.device,
+            epoch,
+        })
+    }
 }
 
 impl ParkCard {
@@ -58,6 +104,8 @@ pub enum GenesisError {
     Card { park: ParkId, errors: FieldErrors },
     #[error("federation name must be 1 to 200 characters")]
     Name,
+    #[error("park {park}: {why}")]
+    Device { park: ParkId, why: String },
 }
 
 fn str_value(s: &str) -> hydrate::Value {
@@ -95,6 +143,16 @@ pub fn genesis_change(
                 park: card.id.clone(),
                 errors,
             })?;
+        card.root_actor().map_err(|why| GenesisError::Device {
+            park: card.id.clone(),
+            why,
+        })?;
+        if !verify_device_proof(&card.device, &card.id, &card.proof) {
+            return Err(GenesisError::Device {
+                park: card.id.clone(),
+                why: "the card's proof does not verify for its device and park".into(),
+            });
+        }
     }
     let mut doc = AutoCommit::new().with_actor(actor.to_automerge());
     let put = |doc: &mut AutoCommit, obj: &automerge::ObjId, k: &str, v: &str| {
@@ -109,14 +167,20 @@ pub fn genesis_change(
     // Sorted, so the same cards always give the same genesis ops.
     let sorted: BTreeMap<&ParkId, &ParkCard> = cards.iter().map(|c| (&c.id, c)).collect();
     for (id, card) in sorted {
-        let mut device = HashMap::from([("added_at", str_value(created_at))]);
+        let mut device = HashMap::from([
+            ("added_at", str_value(created_at)),
+            ("proof", str_value(&card.proof)),
+        ]);
         if let Some(label) = &card.label {
             device.insert("label", str_value(label));
         }
         let mut fields = HashMap::from([
             ("name", str_value(&card.name)),
             ("country", str_value(&card.country)),
-            ("root_device", str_value(&card.device.to_hex())),
+            (
+                "root_actor",
+                str_value(&card.root_actor().expect("checked above").to_string()),
+            ),
         ]);
         if let Some(city) = &card.city {
             fields.insert("city", str_value(city));
@@ -207,8 +271,14 @@ impl Context for Empty {
     fn is_any_device(&self, _: &DeviceKey) -> bool {
         false
     }
-    fn root_device(&self, _: &ParkId) -> Option<DeviceKey> {
+    fn root_actor(&self, _: &ParkId) -> Option<Actor> {
         None
+    }
+    fn device_frozen(&self, _: &DeviceKey) -> bool {
+        false
+    }
+    fn rejected(&self, _: &DocId, _: &Hash) -> bool {
+        false
     }
     fn accepted(&self, _: &DocId, _: &Hash) -> Option<&CausalInfo> {
         None

@@ -14,7 +14,10 @@ pub mod records;
 pub mod rules;
 
 pub use envelope::{Bundle, DecodeError, SignedChange, Verified, VerifyError};
-pub use genesis::{GenesisError, GenesisInfo, ParkCard, genesis_change, ledger_root_change};
+pub use genesis::{
+    GenesisError, GenesisInfo, ParkCard, device_proof, genesis_change, ledger_root_change,
+    verify_device_proof,
+};
 pub use ids::{Actor, DeviceKey, DocId, FederationId, Hash, IdError, ParkId, RecordId};
 pub use rules::{
     CausalInfo, Checked, Context, Limits, ObjKey, ObjectInfo, PendingReason, Registration,

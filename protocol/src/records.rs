@@ -250,6 +250,9 @@ pub const PARK_FIELDS: &[Field] = &[
 pub const DEVICE_FIELDS: &[Field] = &[
     field("label", SHORT_TEXT),
     server("added_at", Kind::Timestamp),
+    // The device's signature over "kervan/device/v1" and the park id: proof that whoever
+    // registers it holds its key.
+    server("proof", Kind::Text { min: 128, max: 128 }),
 ];
 
 /// The collections of a park ledger, in the order its first change creates them.

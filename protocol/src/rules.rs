@@ -29,8 +29,9 @@ use crate::envelope::{DecodeError, SignedChange, Verified};
 use crate::ids::{Actor, DeviceKey, DocId, FederationId, Hash, ParkId, RecordId};
 use crate::records::{self, Field, Kind, Scalar};
 
-/// Size limits a node enforces on every change. The defaults fit a record of the largest
-/// allowed size with room to spare.
+/// Size limits on every change. They are part of the protocol, not of a node's config: a node
+/// with other limits would judge the same change differently. The defaults fit a record of the
+/// largest allowed size with room to spare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -87,12 +88,18 @@ pub trait Context {
     fn is_device(&self, park: &ParkId, key: &DeviceKey) -> bool;
     /// The key is a registered device of some park.
     fn is_any_device(&self, key: &DeviceKey) -> bool;
-    /// The device that creates the park's ledger: the one the genesis names.
-    fn root_device(&self, park: &ParkId) -> Option<DeviceKey>;
+    /// The actor (device key and store epoch) that starts the park's ledger: the genesis
+    /// names it, so a ledger has exactly one possible root.
+    fn root_actor(&self, park: &ParkId) -> Option<Actor>;
+    /// The device is registered for two parks (it signed proofs of possession for both): it
+    /// is frozen everywhere.
+    fn device_frozen(&self, key: &DeviceKey) -> bool;
     /// An accepted change of the document.
     fn accepted(&self, doc: &DocId, hash: &Hash) -> Option<&CausalInfo>;
     /// A change excluded by equivocation: frozen, or built on a frozen change.
     fn excluded(&self, doc: &DocId, hash: &Hash) -> bool;
+    /// A change that passed its signature check and was then refused for good.
+    fn rejected(&self, doc: &DocId, hash: &Hash) -> bool;
     /// The verified change that holds the slot (doc, actor, seq), if any.
     fn slot(&self, doc: &DocId, actor: &Actor, seq: u64) -> Option<Hash>;
     /// The seq from which the actor is frozen in the document.
@@ -106,7 +113,7 @@ pub trait Context {
 pub enum Registration {
     Park(ParkId),
     Device(ParkId, DeviceKey),
-    RootDevice(ParkId, DeviceKey),
+    RootActor(ParkId, Actor),
 }
 
 /// A record a change wrote: the query index re-reads it.
@@ -179,6 +186,12 @@ pub enum RejectReason {
     Frozen { from: u64 },
     #[error("built on {dep}, a change excluded by equivocation")]
     BuiltOnEquivocation { dep: Hash },
+    #[error("built on {dep}, a rejected change")]
+    BuiltOnRejected { dep: Hash },
+    #[error("device {key} is registered for two parks and frozen")]
+    DeviceFrozen { key: DeviceKey },
+    #[error("op {op} names a predecessor {pred} outside the change's causal past")]
+    BadPred { op: u64, pred: String },
     #[error("a document has one root: {why}")]
     SecondRoot { why: String },
     #[error("seq {found} does not follow the actor's previous change (expected {expected})")]
@@ -208,6 +221,9 @@ impl RejectReason {
             RejectReason::Equivocation { .. } => "equivocation",
             RejectReason::Frozen { .. } => "frozen",
             RejectReason::BuiltOnEquivocation { .. } => "built_on_equivocation",
+            RejectReason::BuiltOnRejected { .. } => "built_on_rejected",
+            RejectReason::DeviceFrozen { .. } => "device_frozen",
+            RejectReason::BadPred { .. } => "bad_pred",
             RejectReason::SecondRoot { .. } => "second_root",
             RejectReason::SeqGap { .. } => "seq_gap",
             RejectReason::CounterInflation { .. } => "counter_inflation",
@@ -226,6 +242,7 @@ impl RejectReason {
             RejectReason::Equivocation { .. }
                 | RejectReason::Frozen { .. }
                 | RejectReason::BuiltOnEquivocation { .. }
+                | RejectReason::DeviceFrozen { .. }
         )
     }
 }
@@ -344,6 +361,9 @@ fn judge(doc: &DocId, v: &Verified, ctx: &dyn Context) -> Result<(CausalInfo, Wa
     if let Some(from) = ctx.frozen_from(doc, &actor).filter(|from| seq >= *from) {
         return Err(RejectReason::Frozen { from }.into());
     }
+    if ctx.device_frozen(&actor.key) {
+        return Err(RejectReason::DeviceFrozen { key: actor.key }.into());
+    }
 
     // The genesis is the federation's root: pinned by its hash in every config, so it is
     // trusted as a whole and only walked for what it registers.
@@ -390,11 +410,11 @@ fn judge(doc: &DocId, v: &Verified, ctx: &dyn Context) -> Result<(CausalInfo, Wa
 
     // 5. causality.
     if change.deps().is_empty() {
-        let root_device = doc.park().and_then(|p| ctx.root_device(p));
+        let root_actor = doc.park().and_then(|p| ctx.root_actor(p));
         let why = match doc {
             DocId::Federation => Some("only the genesis starts the federation document".into()),
-            DocId::Ledger(park) if root_device != Some(actor.key) => Some(format!(
-                "only the root device of {park} named in the genesis starts its ledger"
+            DocId::Ledger(park) if root_actor != Some(actor) => Some(format!(
+                "only the root actor of {park} named in the genesis starts its ledger"
             )),
             DocId::Ledger(_) if seq != 1 => Some(format!("a change with seq {seq} has no deps")),
             DocId::Ledger(_) => None,
@@ -410,6 +430,9 @@ fn judge(doc: &DocId, v: &Verified, ctx: &dyn Context) -> Result<(CausalInfo, Wa
         let dep = Hash::from(*dep);
         if ctx.excluded(doc, &dep) {
             return Err(RejectReason::BuiltOnEquivocation { dep }.into());
+        }
+        if ctx.rejected(doc, &dep) {
+            return Err(RejectReason::BuiltOnRejected { dep }.into());
         }
         match ctx.accepted(doc, &dep) {
             Some(info) => {
@@ -459,6 +482,8 @@ struct Walk {
     objects: Vec<(ObjKey, ObjectInfo)>,
     registrations: Vec<Registration>,
     touched: Vec<Touched>,
+    /// Proofs of possession written in this change: (park, device) and the signature.
+    proofs: Vec<((ParkId, DeviceKey), String)>,
 }
 
 fn walk_ops(
@@ -509,12 +534,35 @@ fn walk_ops(
                 });
             }
         };
-        let path = show(&parent, &key);
         if key.len() > limits.max_string_bytes.min(256) {
+            let cut: String = key.chars().take(32).collect();
             return Err(RejectReason::PathNotAllowed {
-                path: show(&parent, &key[..32]),
+                path: show(&parent, &format!("{cut}…")),
                 why: format!("key of {} bytes is too long", key.len()),
             });
+        }
+        let path = show(&parent, &key);
+        if op.insert {
+            return Err(RejectReason::PathNotAllowed {
+                path,
+                why: "inserts are list ops; the registry holds only maps".into(),
+            });
+        }
+        if !genesis {
+            // A predecessor is an earlier op of this change or an op in its causal past (whose
+            // counters end at start - 1); anything else would reach Automerge unchecked.
+            for pred in op.pred.iter() {
+                let pred_actor = Actor::from_bytes(pred.1.to_bytes());
+                let earlier_here =
+                    pred_actor == Some(v.actor) && (start..start + i as u64).contains(&pred.0);
+                let in_past = pred_actor.is_some_and(|a| clock.contains_key(&a)) && pred.0 < start;
+                if !(earlier_here || in_past) {
+                    return Err(RejectReason::BadPred {
+                        op: start + i as u64,
+                        pred: format!("{}@{}", pred.0, pred.1),
+                    });
+                }
+            }
         }
         let action = match &op.action {
             OpType::Make(ObjType::Map) => Action::MakeMap,
@@ -558,6 +606,9 @@ fn walk_ops(
         if let Some(reg) = effect.registration {
             walk.registrations.push(reg);
         }
+        if let (Some(proof), Action::Put(ScalarValue::Str(sig))) = (effect.proof_for, &action) {
+            walk.proofs.push((proof, sig.to_string()));
+        }
         if let Some(t) = effect.touched
             && !walk.touched.contains(&t)
         {
@@ -580,6 +631,22 @@ fn walk_ops(
             ));
         }
     }
+    // A device is registered only with its own proof that it holds the key, for this park.
+    if !genesis {
+        for r in &walk.registrations {
+            if let Registration::Device(park, key) = r {
+                let proven = walk.proofs.iter().any(|((p, k), sig)| {
+                    p == park && k == key && crate::genesis::verify_device_proof(key, park, sig)
+                });
+                if !proven {
+                    return Err(RejectReason::InvalidValue {
+                        path: format!("parks/{park}/devices/{key}"),
+                        message: "a device is registered with its proof of possession (kervan init prints it in the card)".into(),
+                    });
+                }
+            }
+        }
+    }
     Ok(walk)
 }
 
@@ -593,6 +660,8 @@ enum Action<'a> {
 struct Effect {
     registration: Option<Registration>,
     touched: Option<Touched>,
+    /// The op writes the proof of possession of this park's device.
+    proof_for: Option<(ParkId, DeviceKey)>,
 }
 
 fn show(parent: &[String], key: &str) -> String {
@@ -626,9 +695,9 @@ fn genesis_effect(parent: &[String], key: &str, action: &Action<'_>) -> Effect {
                 effect.registration = Some(Registration::Device(p, k));
             }
         }
-        (["parks", p], Action::Put(ScalarValue::Str(s))) if key == "root_device" => {
-            if let (Ok(p), Ok(k)) = (p.parse(), s.parse()) {
-                effect.registration = Some(Registration::RootDevice(p, k));
+        (["parks", p], Action::Put(ScalarValue::Str(s))) if key == "root_actor" => {
+            if let (Ok(p), Ok(a)) = (p.parse(), s.parse()) {
+                effect.registration = Some(Registration::RootActor(p, a));
             }
         }
         _ => {}
@@ -676,11 +745,11 @@ fn federation_rule(
         });
     }
     let mut effect = Effect {
-        registration: None,
         touched: Some(Touched::Park(owner.clone())),
+        ..Effect::default()
     };
     match (&segs[2..], action) {
-        ([], _) if key == "devices" || key == "root_device" => {
+        ([], _) if key == "devices" || key == "root_actor" => {
             return Err(not_allowed(parent, key, "set only by the genesis"));
         }
         ([], _) => check_field(records::PARK_FIELDS, parent, key, action)?,
@@ -700,7 +769,14 @@ fn federation_rule(
                 "a device is registered as a map and never removed",
             ));
         }
-        (["devices", _], _) => check_field(records::DEVICE_FIELDS, parent, key, action)?,
+        (["devices", device], _) => {
+            check_field(records::DEVICE_FIELDS, parent, key, action)?;
+            if key == "proof"
+                && let Ok(d) = device.parse()
+            {
+                effect.proof_for = Some((owner, d));
+            }
+        }
         _ => return Err(not_allowed(parent, key, "outside the federation schema")),
     }
     Ok(effect)
@@ -752,8 +828,8 @@ fn ledger_rule(
                 return Err(not_allowed(parent, key, "a record is a map"));
             }
             Ok(Effect {
-                registration: None,
                 touched: Some(Touched::Record { collection, id }),
+                ..Effect::default()
             })
         }
         [collection, id, rest @ ..] => {
@@ -785,8 +861,8 @@ fn ledger_rule(
                 });
             }
             Ok(Effect {
-                registration: None,
                 touched: Some(Touched::Record { collection, id }),
+                ..Effect::default()
             })
         }
     }

@@ -59,6 +59,8 @@ impl Park {
                 city: Some(city.into()),
                 website: None,
                 device: DeviceKey([0; 32]),
+                epoch: String::new(),
+                proof: String::new(),
                 label: Some("primary".into()),
             })
             .expect("init");

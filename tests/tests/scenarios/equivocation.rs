@@ -112,6 +112,21 @@ fn equivocation_reaches_the_same_state_and_evidence_in_every_order() {
         );
     }
     assert_eq!(evidences[0].len(), 1);
+
+    // A park node that took the first change and what was built on it, then the evidence,
+    // keeps the same verdict across a restart from its store.
+    let park = fed.park(1);
+    park.replica()
+        .ingest(vec![e1.clone(), e3.clone()], "peer")
+        .expect("ingest");
+    park.replica()
+        .ingest(vec![e2.clone()], "peer")
+        .expect("ingest");
+    let digest_before = park.digest();
+    park.restart();
+    assert_eq!(park.digest(), digest_before);
+    assert_eq!(evidence(park.replica()), evidences[0]);
+    assert_eq!(view(park.replica()), expected);
     assert!(
         evidences.iter().all(|e| *e == evidences[0]),
         "{evidences:?}"

@@ -294,7 +294,7 @@ fn rejects_change_signed_by_one_park_in_another_parks_ledger() {
 fn unregistered_device_waits_until_its_registration_arrives() {
     let mut fed = federation();
     // A second device of Astana Hub: its own data directory, its own key.
-    let (second, _) = Park::init("kz-astana-hub", "Astana Hub", "KZ", "Astana");
+    let (second, second_card) = Park::init("kz-astana-hub", "Astana Hub", "KZ", "Astana");
     let doc = ledger(&fed.parks[0]);
     let id = fed.id;
     let mut f = Forger::new(fed.park(0), doc, second.key(), id);
@@ -313,7 +313,7 @@ fn unregistered_device_waits_until_its_registration_arrives() {
     // Astana Hub registers the device; the registration reaches Uzbekistan.
     fed.park(0)
         .replica()
-        .add_device(second.device(), Some("second"))
+        .add_device(&second_card)
         .expect("register");
     let bundle = fed.park(0).export();
     fed.park(1).import(&bundle);
@@ -438,16 +438,30 @@ fn rejects_a_second_root_of_a_document() {
     let env = f.sign(&mut change);
     assert_refused(&mut fed, 1, env, "second_root");
     // And a second root of a ledger, by a device that is not the ledger's root device.
-    let (second, _) = Park::init("kz-astana-hub", "Astana Hub", "KZ", "Astana");
+    let (second, second_card) = Park::init("kz-astana-hub", "Astana Hub", "KZ", "Astana");
     fed.park(0)
         .replica()
-        .add_device(second.device(), None)
+        .add_device(&second_card)
         .expect("register");
     let bundle = fed.park(0).export();
     fed.park(1).import(&bundle);
     f.doc_id = ledger(&fed.parks[0]);
     f.key = second.key();
     f.actor.key = second.device();
+    f.doc = automerge::AutoCommit::new();
+    f.doc.set_actor(f.actor.to_automerge());
+    let mut change = f.change(|d| {
+        d.put_object(ROOT, "startups", ObjType::Map).expect("put");
+    });
+    let env = f.sign(&mut change);
+    assert_refused(&mut fed, 1, env, "second_root");
+    // Even the root device's own key, under a new store epoch, cannot start the ledger again:
+    // the genesis pins the root actor, key and epoch.
+    f.key = fed.park(0).key();
+    f.actor = kervan_protocol::Actor {
+        key: fed.park(0).device(),
+        epoch: [3; 8],
+    };
     f.doc = automerge::AutoCommit::new();
     f.doc.set_actor(f.actor.to_automerge());
     let mut change = f.change(|d| {
@@ -618,4 +632,140 @@ fn rejects_reference_to_an_object_outside_the_causal_past() {
     assert_eq!(only(&reports), &Outcome::Accepted);
     let env = f.sign(&mut orphan);
     assert_refused(&mut fed, 1, env, "unknown_object");
+}
+
+// ---- what the review of the rules found: each is refused, none panics ----
+
+/// Re-encodes a change after `edit` changes its ops.
+fn rewrite_ops(
+    change: &automerge::Change,
+    edit: impl FnOnce(&mut Vec<automerge::legacy::Op>),
+) -> automerge::Change {
+    rewrite(change, |e| edit(&mut e.operations))
+}
+
+#[test]
+fn rejects_compressed_changes_before_inflating_them() {
+    let mut fed = federation();
+    let doc = ledger(&fed.parks[0]);
+    let mut f = forger(&mut fed, 0, doc.clone(), 0);
+    let mut change = startup_put(&mut f, "kz-astana-hub/zip", "summary", &"z".repeat(4000));
+    let compressed = change.bytes().into_owned();
+    assert_eq!(
+        compressed.get(8),
+        Some(&2),
+        "Automerge compressed this change"
+    );
+    let key = fed.park(0).key();
+    let signed = SignedChange::sign(&fed.id, doc, &mut change, &key);
+    let env = SignedChange {
+        change: compressed,
+        ..signed
+    };
+    assert_refused(&mut fed, 1, env.encode(), "bad_change");
+}
+
+#[test]
+fn rejects_a_predecessor_outside_the_causal_past() {
+    let mut fed = federation();
+    let doc = ledger(&fed.parks[0]);
+    let mut f = forger(&mut fed, 0, doc, 0);
+    let change = startup_put(&mut f, "kz-astana-hub/pred", "name", "Pred");
+    let stranger = automerge::ActorId::from([0x42u8; 40]);
+    let mut bad = rewrite_ops(&change, |ops| {
+        ops[1].pred = vec![automerge::legacy::OpId(1, stranger)].into();
+    });
+    let env = f.sign(&mut bad);
+    assert_refused(&mut fed, 1, env, "bad_pred");
+}
+
+#[test]
+fn rejects_map_ops_with_the_insert_flag() {
+    let mut fed = federation();
+    let doc = ledger(&fed.parks[0]);
+    let mut f = forger(&mut fed, 0, doc, 0);
+    let change = startup_put(&mut f, "kz-astana-hub/ins", "name", "Insert");
+    let mut bad = rewrite_ops(&change, |ops| ops[1].insert = true);
+    let env = f.sign(&mut bad);
+    assert_refused(&mut fed, 1, env, "path_not_allowed");
+}
+
+#[test]
+fn rejects_an_overlong_multibyte_key_without_panicking() {
+    let mut fed = federation();
+    let doc = ledger(&fed.parks[0]);
+    let mut f = forger(&mut fed, 0, doc, 0);
+    let startups = f.obj(&["startups"]);
+    // Byte 32 falls inside a two-byte character.
+    let key = format!("k{}", "ş".repeat(200));
+    let mut change = f.change(|d| {
+        d.put_object(&startups, key.as_str(), ObjType::Map)
+            .expect("put");
+    });
+    let env = f.sign(&mut change);
+    assert_refused(&mut fed, 1, env, "path_not_allowed");
+}
+
+#[test]
+fn rejects_a_device_registered_without_its_proof() {
+    let mut fed = federation();
+    let (second, _) = Park::init("kz-astana-hub", "Astana Hub", "KZ", "Astana");
+    let mut f = forger(&mut fed, 0, DocId::Federation, 0);
+    let devices = f.obj(&["parks", "kz-astana-hub", "devices"]);
+    let mut change = f.change(|d| {
+        let dev = d
+            .put_object(&devices, second.device().to_hex(), ObjType::Map)
+            .expect("put");
+        d.put(&dev, "label", "no proof").expect("put");
+    });
+    let env = f.sign(&mut change);
+    assert_refused(&mut fed, 1, env, "invalid_value");
+}
+
+/// A device that signs proofs for two parks is registered by both: it is frozen, and every
+/// change it wrote is taken back, whichever registration a node saw first.
+#[test]
+fn a_device_registered_for_two_parks_is_frozen_everywhere() {
+    let mut fed = federation();
+    let (rogue, card) = Park::init("kz-astana-hub", "Astana Hub", "KZ", "Astana");
+    let mut uz_card = card.clone();
+    uz_card.id = fed.parks[1].id.clone();
+    uz_card.proof = kervan_protocol::device_proof(&rogue.key(), &uz_card.id);
+    fed.park(0)
+        .replica()
+        .add_device(&card)
+        .expect("Astana registers");
+    let kz_registration = fed.park(0).export();
+    // The device writes into Astana Hub's ledger while it is only Astana Hub's.
+    let doc = ledger(&fed.parks[0]);
+    let id = fed.id;
+    let mut f = Forger::new(fed.park(0), doc, rogue.key(), id);
+    let mut c = startup_put(&mut f, "kz-astana-hub/rogue", "name", "Rogue");
+    let rogue_change = f.sign(&mut c);
+    fed.park(1).import(&kz_registration);
+    fed.park(1)
+        .replica()
+        .add_device(&uz_card)
+        .expect("Uzbekistan registers");
+    let uz_registration = fed.park(1).export();
+
+    let mut a = fed.observer();
+    a.ingest(kervan_tests::entries(&kz_registration));
+    assert_eq!(
+        only(&a.ingest(vec![rogue_change.clone()])),
+        &Outcome::Accepted
+    );
+    a.ingest(kervan_tests::entries(&uz_registration));
+    let mut b = fed.observer();
+    b.ingest(kervan_tests::entries(&uz_registration));
+    b.ingest(kervan_tests::entries(&kz_registration));
+    let reports = b.ingest(vec![rogue_change]);
+    assert_eq!(rejected_code(only(&reports)), "device_frozen");
+    assert_eq!(a.replica.digest(), b.replica.digest());
+    assert!(
+        a.replica
+            .summary()
+            .iter()
+            .all(|(_, actor, _, _)| actor.key != rogue.device())
+    );
 }

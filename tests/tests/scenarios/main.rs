@@ -2,6 +2,7 @@
 //! directories, real sled stores in temporary directories, signed changes moved as bundles.
 
 mod convergence;
+mod devices;
 mod equivocation;
 mod hostile;
 mod restart;
