@@ -32,6 +32,8 @@ use crate::replica::{AuditEntry, AuditFilter, Collection, ImportError, ReplicaEr
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub replica: ReplicaHandle,
+    /// The net actor; none for a node run without the network.
+    pub net: Option<crate::net::NetHandle>,
     pub token: Arc<str>,
     pub metrics: Arc<Metrics>,
     /// Raised when the replica hits a storage failure: the node must stop.
@@ -309,15 +311,19 @@ pub struct StatusBody {
     pub digest: Hash,
     pub counts: Value,
     pub changes: Value,
-    /// Connected peers with their last successful sync; empty until the network is on.
-    pub peers: Vec<Value>,
+    /// Peers with their connection, last successful sync and score.
+    pub peers: Vec<crate::net::PeerStatus>,
     pub store_bytes: u64,
 }
 
 /// The node: park, device, peer id, federation, state digest, counts, peers.
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, body = StatusBody), (status = 401, body = ErrorBody)))]
 async fn status(State(s): State<ApiState>) -> ApiResult<Json<StatusBody>> {
-    let body = s
+    let peers = match &s.net {
+        Some(net) => net.peers().await,
+        None => Vec::new(),
+    };
+    let mut body = s
         .replica
         .call(|r| {
             let id = r.identity().cloned();
@@ -330,7 +336,8 @@ async fn status(State(s): State<ApiState>) -> ApiResult<Json<StatusBody>> {
                 device: id.as_ref().map(|i| i.device().to_hex()).unwrap_or_default(),
                 peer_id: id
                     .as_ref()
-                    .map(|i| crate::peer_id(&i.device()))
+                    .and_then(|i| crate::net::peer_id_of(&i.device()))
+                    .map(|p| p.to_string())
                     .unwrap_or_default(),
                 federation: r.federation().to_string(),
                 digest: r.digest(),
@@ -345,6 +352,7 @@ async fn status(State(s): State<ApiState>) -> ApiResult<Json<StatusBody>> {
             }
         })
         .await?;
+    body.peers = peers;
     Ok(Json(body))
 }
 
@@ -885,7 +893,16 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         metrics,
         openapi
     ),
-    components(schemas(ErrorBody, Startup, Program, Application, Park, AuditEntry, StatusBody))
+    components(schemas(
+        ErrorBody,
+        Startup,
+        Program,
+        Application,
+        Park,
+        AuditEntry,
+        StatusBody,
+        crate::net::PeerStatus
+    ))
 )]
 pub struct ApiDoc;
 

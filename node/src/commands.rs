@@ -1,21 +1,15 @@
 //! The commands that run the node or talk to a running node through its API.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow, bail};
-use kervan_node::api::{self, ApiState, Metrics};
 use kervan_node::client::{Body, Client, encode};
-use kervan_node::{Config, DataDir, actor};
+use kervan_node::node::{self, Overrides};
+use kervan_node::{Config, DataDir};
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use crate::{ApplicationCommand, ListArgs, RecordCommand, WriteArgs};
-
-/// Largest bundle the API takes in one upload: 256 MiB.
-const MAX_BUNDLE_BYTES: usize = 256 << 20;
 
 /// A client of the node of this data directory, if one is running.
 pub(crate) fn running(dir: &DataDir) -> Option<Client> {
@@ -30,84 +24,40 @@ pub(crate) fn client(dir: &DataDir) -> anyhow::Result<Client> {
 pub(crate) fn run_node(
     dir: &DataDir,
     config_path: Option<&Path>,
-    api: Option<SocketAddr>,
+    o: Overrides,
 ) -> anyhow::Result<ExitCode> {
-    let mut config = match config_path {
+    let config = match config_path {
         Some(p) => Config::load(p)?,
         None => dir.config()?,
     };
-    if let Some(addr) = api {
-        config.api.listen = addr;
-    }
-    let replica = dir
-        .open_replica()
-        .with_context(|| format!("cannot open the node in {}", dir.root().display()))?;
-    let token = dir.api_token()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(serve(dir, config, replica, token))
-}
-
-async fn serve(
-    dir: &DataDir,
-    config: Config,
-    replica: kervan_node::Replica<kervan_node::SledStore>,
-    token: String,
-) -> anyhow::Result<ExitCode> {
-    let park = config.park.clone();
-    let (handle, thread) = actor::spawn(replica);
-    let listener = tokio::net::TcpListener::bind(config.api.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.api.listen))?;
-    let addr = listener.local_addr()?;
-    let addr_file = dir.path("api.addr");
-    std::fs::write(&addr_file, addr.to_string())
-        .with_context(|| format!("cannot write {}", addr_file.display()))?;
-    let (fatal, mut fatal_rx) = watch::channel(false);
-    let failed = fatal.subscribe();
-    let state = ApiState {
-        replica: handle,
-        token: Arc::from(token),
-        metrics: Arc::new(Metrics::default()),
-        fatal,
-        max_body: config.api.max_body_bytes,
-        max_bundle: MAX_BUNDLE_BYTES,
-    };
-    let app = api::router(state);
-    tracing::info!(%addr, %park, "api listening");
-    println!("kervan node of {park} listening on http://{addr}");
-    let shutdown = async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler installs");
+    runtime.block_on(async {
+        let mut node = node::start(dir, config, o)
+            .await
+            .with_context(|| format!("cannot start the node in {}", dir.root().display()))?;
+        println!(
+            "kervan node of {} listening on http://{} (api) and {}",
+            node.park,
+            node.api_addr,
+            node.p2p_addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = fatal_rx.wait_for(|f| *f) => tracing::error!("storage failure: shutting down"),
+            _ = node.failed() => tracing::error!("storage failure: shutting down"),
         }
-    };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    // The router and every handle are gone: the replica thread writes its snapshots and ends.
-    let flushed = thread
-        .join()
-        .map_err(|_| anyhow!("the replica thread panicked"))?;
-    let _ = std::fs::remove_file(&addr_file);
-    if *failed.borrow() {
-        bail!("stopped after a storage failure; see the log above");
-    }
-    match flushed {
-        Ok(()) => {
-            tracing::info!("stopped cleanly");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "final snapshot failed");
-            Err(e.into())
-        }
-    }
+        node.stop().await?;
+        tracing::info!("stopped cleanly");
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 pub(crate) fn status(c: &Client, json_out: bool) -> anyhow::Result<ExitCode> {

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use kervan_protocol::{FederationId, ParkId};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,33 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+}
+
+/// The peer-to-peer network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Multiaddrs to listen on. Default `["/ip4/127.0.0.1/tcp/7701"]`: loopback only; a park
+    /// that serves other parks listens on its public address.
+    pub listen: Vec<String>,
+    /// Members to dial at start, each `/ip4/<addr>/tcp/<port>/p2p/<peer id>`. One reachable
+    /// member is enough: the others' addresses come with the first sync. Default none.
+    pub bootstrap: Vec<String>,
+    /// How often to reconcile with a random connected member. Default "5s".
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["/ip4/127.0.0.1/tcp/7701".into()],
+            bootstrap: Vec::new(),
+            sync_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 /// The local HTTP API.
@@ -82,6 +110,7 @@ impl Config {
             federation: None,
             api: ApiConfig::default(),
             store: StoreConfig::default(),
+            network: NetworkConfig::default(),
         }
     }
 
@@ -112,6 +141,13 @@ impl Config {
         }
         if self.store.max_pending == 0 {
             return Err("store.max_pending must be at least 1".into());
+        }
+        for a in self.network.listen.iter().chain(&self.network.bootstrap) {
+            a.parse::<libp2p::Multiaddr>()
+                .map_err(|e| format!("network address {a:?} is not a multiaddr: {e}"))?;
+        }
+        if self.network.sync_interval < Duration::from_millis(100) {
+            return Err("network.sync_interval must be at least 100ms".into());
         }
         if self.api.max_body_bytes < 1024 {
             return Err("api.max_body_bytes must be at least 1024".into());
@@ -144,14 +180,30 @@ max_body_bytes = {max_body}
 snapshot_every = {snap}
 # Changes kept while they wait for a dependency or a registration. Default 10000.
 max_pending = {pending}
+
+[network]
+# Multiaddrs to listen on. Default ["/ip4/127.0.0.1/tcp/7701"] (loopback only).
+listen = {p2p_listen}
+# Members to dial at start, each /ip4/<addr>/tcp/<port>/p2p/<peer id>. Default [].
+bootstrap = {bootstrap}
+# How often to reconcile with a random connected member. Default "5s".
+sync_interval = "{sync}"
 "#,
             park = self.park,
             listen = self.api.listen,
             max_body = self.api.max_body_bytes,
             snap = self.store.snapshot_every,
             pending = self.store.max_pending,
+            p2p_listen = toml_list(&self.network.listen),
+            bootstrap = toml_list(&self.network.bootstrap),
+            sync = humantime_serde::re::humantime::format_duration(self.network.sync_interval),
         )
     }
+}
+
+fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+    format!("[{}]", quoted.join(", "))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! - [`store`]: sled trees behind the `Store` trait.
 //! - [`actor`]: the replica's own thread, reached through a bounded channel.
 //! - [`api`]: the local HTTP API and its OpenAPI document; [`metrics`]: `/metrics`.
+//! - [`net`]: the net actor, sole owner of the libp2p swarm; [`node`]: a running node.
 //! - [`replica`]: owns the Automerge documents and the store; checks, applies, indexes.
 //! - [`query`]: the query index and its filters, sorting and paging.
 //! - [`config`]: the node's TOML configuration.
@@ -17,6 +18,8 @@ pub mod config;
 pub mod data_dir;
 pub mod demo;
 pub mod metrics;
+pub mod net;
+pub mod node;
 pub mod query;
 pub mod replica;
 pub mod sample;
@@ -26,12 +29,3 @@ pub use config::Config;
 pub use data_dir::DataDir;
 pub use replica::{Collection, Identity, Options, Outcome, Replica, ReplicaError, Report};
 pub use store::{SledStore, Store, StoreError};
-
-/// The libp2p peer id of a device: the identity multihash of its protobuf-encoded ed25519
-/// public key, in base58. The device key is the node's network identity.
-pub fn peer_id(key: &kervan_protocol::DeviceKey) -> String {
-    // PublicKey { Type: Ed25519 = 1, Data: 32 bytes } as protobuf, then multihash identity.
-    let mut bytes = vec![0x00, 36, 0x08, 0x01, 0x12, 32];
-    bytes.extend_from_slice(&key.0);
-    bs58::encode(bytes).into_string()
-}

@@ -74,7 +74,7 @@ enum Command {
     Devices(DevicesCommand),
     /// Build a local federation of real parks with sample data.
     Demo(DemoArgs),
-    /// Run the node: open the store and serve the API until SIGINT or SIGTERM.
+    /// Run the node: open the store, join the network, serve the API until SIGINT or SIGTERM.
     Run {
         /// A config file other than the data directory's config.toml.
         #[arg(long)]
@@ -82,6 +82,12 @@ enum Command {
         /// Listen for the API here instead of the configured address (port 0: any free port).
         #[arg(long)]
         api: Option<SocketAddr>,
+        /// Listen for peers here instead of the configured multiaddrs (repeatable).
+        #[arg(long)]
+        listen: Vec<String>,
+        /// Dial this member at start instead of the configured ones (repeatable).
+        #[arg(long)]
+        bootstrap: Vec<String>,
     },
     /// The running node's park, federation, digest, counts and peers.
     Status {
@@ -388,7 +394,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(AuditCommand::Rejected { json }) => {
             commands::audit_rejected(&commands::client(&dir)?, json)
         }
-        Command::Run { config, api } => commands::run_node(&dir, config.as_deref(), api),
+        Command::Run {
+            config,
+            api,
+            listen,
+            bootstrap,
+        } => {
+            let parse = |v: Vec<String>| -> anyhow::Result<Option<Vec<libp2p::Multiaddr>>> {
+                if v.is_empty() {
+                    return Ok(None);
+                }
+                v.iter()
+                    .map(|a| {
+                        a.parse()
+                            .map_err(|e| anyhow::anyhow!("{a:?} is not a multiaddr: {e}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
+                    .map(Some)
+            };
+            let o = kervan_node::node::Overrides {
+                api,
+                listen: parse(listen)?,
+                bootstrap: parse(bootstrap)?,
+                sync_interval: None,
+            };
+            commands::run_node(&dir, config.as_deref(), o)
+        }
         Command::Status { json } => commands::status(&commands::client(&dir)?, json),
         Command::Startups(cmd) => commands::records(&commands::client(&dir)?, "startups", cmd),
         Command::Programs(cmd) => commands::records(&commands::client(&dir)?, "programs", cmd),

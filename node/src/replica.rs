@@ -399,6 +399,8 @@ pub struct Replica<S: Store> {
     pending: Pending,
     index: Index,
     stats: Stats,
+    /// Where this node's own accepted changes go to be published (the net actor).
+    outbox: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
     /// Raised for the length of a restore from the store: order of arrival is arbitrary, so
     /// the pending queue is unbounded, and stored changes refused earlier are judged again
     /// (their verdicts may rest on evidence, which is kept apart).
@@ -553,6 +555,7 @@ impl<S: Store> Replica<S> {
             pending: Pending::default(),
             index: Index::default(),
             stats: Stats::default(),
+            outbox: None,
             restoring: false,
         };
         replica.load(true)?;
@@ -1100,6 +1103,29 @@ impl<S: Store> Replica<S> {
         }
     }
 
+    /// Sends this node's own accepted changes, already flushed, to `outbox` for publishing.
+    pub fn set_outbox(&mut self, outbox: tokio::sync::mpsc::Sender<Vec<u8>>) {
+        self.outbox = Some(outbox);
+    }
+
+    fn publish(&self, envelope: Vec<u8>) {
+        if let Some(tx) = &self.outbox
+            && tx.try_send(envelope).is_err()
+        {
+            tracing::debug!("outbox full or closed: anti-entropy will deliver the change");
+        }
+    }
+
+    /// Every registered device that is not frozen: the peers a node lets connect.
+    pub fn member_keys(&self) -> Vec<DeviceKey> {
+        self.registry
+            .devices
+            .keys()
+            .filter(|k| !self.registry.frozen.contains(k))
+            .copied()
+            .collect()
+    }
+
     // ---- reads ----
 
     pub fn index(&self) -> &Index {
@@ -1153,16 +1179,60 @@ impl<S: Store> Replica<S> {
 
     /// The state digest: equal on two nodes exactly when they hold the same accepted changes.
     pub fn digest(&self) -> Hash {
-        let mut h = Sha256::new();
-        h.update(b"kervan/digest/v1");
-        for (doc, actor, seq, hash) in self.summary() {
-            h.update(doc.to_string().as_bytes());
-            h.update([0]);
-            h.update(actor.to_bytes());
-            h.update(seq.to_be_bytes());
-            h.update(hash.0);
+        self.sync_summary().digest
+    }
+
+    /// The summary this node sends in a sync round.
+    pub fn sync_summary(&self) -> kervan_protocol::sync::Summary {
+        kervan_protocol::sync::Summary::new(
+            self.summary()
+                .into_iter()
+                .map(|(doc, actor, seq, hash)| kervan_protocol::sync::Head {
+                    doc,
+                    actor,
+                    seq,
+                    hash,
+                })
+                .collect(),
+        )
+    }
+
+    /// The changes a peer with `remote` lacks, federation document first, each document in
+    /// causal order, up to about `max_bytes`; and whether more remain.
+    pub fn sync_page(
+        &self,
+        remote: &kervan_protocol::sync::Summary,
+        max_bytes: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), ReplicaError> {
+        let mut wanted: Vec<(&DocId, u64, Hash)> = Vec::new();
+        for m in kervan_protocol::sync::missing(&self.sync_summary(), remote) {
+            let Some((doc, state)) = self.docs.get_key_value(&m.doc) else {
+                continue;
+            };
+            for seq in m.seqs {
+                let Some(hash) = self.slots.get(&(m.doc.clone(), m.actor, seq)) else {
+                    continue;
+                };
+                // A change's clock sums to more than any change in its causal past: sorting
+                // by it is a causal order.
+                if let Some(info) = state.accepted.get(hash) {
+                    wanted.push((doc, info.clock.values().sum(), *hash));
+                }
+            }
         }
-        Hash(h.finalize().into())
+        wanted.sort();
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        for (i, (doc, _, hash)) in wanted.iter().enumerate() {
+            if bytes >= max_bytes {
+                return Ok((page, i < wanted.len()));
+            }
+            if let Some(env) = self.store.change(doc, hash)? {
+                bytes += env.len();
+                page.push(env);
+            }
+        }
+        Ok((page, false))
     }
 
     /// Every accepted change, federation document first, each document in causal order.
@@ -1288,14 +1358,17 @@ impl<S: Store> Replica<S> {
             Verdict::Reject(r) => Some(r.to_string()),
         };
         let why = match why {
-            None => match self
-                .ingest(vec![signed.encode()], "local")?
-                .first()
-                .map(|r| &r.outcome)
-            {
-                Some(Outcome::Accepted) => return Ok(Some(Hash::from(change.hash()))),
-                other => format!("{other:?}"),
-            },
+            None => {
+                let envelope = signed.encode();
+                let reports = self.ingest(vec![envelope.clone()], "local")?;
+                match reports.first().map(|r| &r.outcome) {
+                    Some(Outcome::Accepted) => {
+                        self.publish(envelope);
+                        return Ok(Some(Hash::from(change.hash())));
+                    }
+                    other => format!("{other:?}"),
+                }
+            }
             Some(why) => why,
         };
         // The document already holds the refused change: rebuild it from the store, which
@@ -1324,9 +1397,13 @@ impl<S: Store> Replica<S> {
         }
         let mut change = kervan_protocol::ledger_root_change(identity.actor(), now_seconds());
         let signed = SignedChange::sign(&self.federation, doc, &mut change, &identity.key);
-        let report = self.ingest(vec![signed.encode()], "local")?;
+        let envelope = signed.encode();
+        let report = self.ingest(vec![envelope.clone()], "local")?;
         match report.first().map(|r| &r.outcome) {
-            Some(Outcome::Accepted) => Ok(true),
+            Some(Outcome::Accepted) => {
+                self.publish(envelope);
+                Ok(true)
+            }
             other => Err(ReplicaError::OwnChangeRefused(format!("{other:?}"))),
         }
     }

@@ -6,12 +6,14 @@
 //! - [`envelope`]: the signed change and the bundle, encoded canonically and decoded safely.
 //! - [`genesis`]: park cards, the federation's genesis and a ledger's first change.
 //! - [`rules`]: `check(change, context) -> Verdict`, the same verdict on every node.
+//! - [`sync`]: the anti-entropy messages and what one node must send another.
 
 pub mod envelope;
 pub mod genesis;
 pub mod ids;
 pub mod records;
 pub mod rules;
+pub mod sync;
 
 pub use envelope::{Bundle, DecodeError, SignedChange, Verified, VerifyError};
 pub use genesis::{
