@@ -162,6 +162,9 @@ fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
     }))
 }
 
+/// One page of a sync answer: envelopes, and whether more remain.
+type Page = (Vec<Vec<u8>>, bool);
+
 /// The net actor.
 pub struct Net {
     swarm: Swarm<Behaviour>,
@@ -581,16 +584,14 @@ impl Net {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                if num_established == 0 {
-                    tracing::info!(peer = %peer_id, "peer disconnected");
-                    if let Some(p) = self.peers.get_mut(&peer_id) {
-                        p.connected = false;
-                    }
-                    self.in_flight.remove(&peer_id);
+                tracing::info!(peer = %peer_id, "peer disconnected");
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.connected = false;
                 }
+                self.in_flight.remove(&peer_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e).await,
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e).await,
@@ -598,13 +599,11 @@ impl Net {
                 peer_id,
                 info,
                 ..
-            })) => {
-                if self.members.contains(&peer_id) {
-                    let p = self.peers.entry(peer_id).or_default();
-                    for addr in info.listen_addrs {
-                        if !p.addrs.contains(&addr) {
-                            p.addrs.push(addr);
-                        }
+            })) if self.members.contains(&peer_id) => {
+                let p = self.peers.entry(peer_id).or_default();
+                for addr in info.listen_addrs {
+                    if !p.addrs.contains(&addr) {
+                        p.addrs.push(addr);
                     }
                 }
             }
@@ -654,14 +653,12 @@ impl Net {
                 } => {
                     let answer = self
                         .replica
-                        .call(
-                            move |r| -> Result<Option<(Vec<Vec<u8>>, bool)>, crate::ReplicaError> {
-                                if r.digest() == summary.digest {
-                                    return Ok(None);
-                                }
-                                r.sync_page(&summary, sync::MAX_PAGE_BYTES).map(Some)
-                            },
-                        )
+                        .call(move |r| -> Result<Option<Page>, crate::ReplicaError> {
+                            if r.digest() == summary.digest {
+                                return Ok(None);
+                            }
+                            r.sync_page(&summary, sync::MAX_PAGE_BYTES).map(Some)
+                        })
                         .await;
                     let peers = self.known_addrs(peer);
                     let response = match answer {
