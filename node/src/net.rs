@@ -86,6 +86,7 @@ struct Peer {
 }
 
 enum Command {
+    Publish(Vec<u8>),
     Peers(oneshot::Sender<Vec<PeerStatus>>),
     Listening(oneshot::Sender<Vec<Multiaddr>>),
     SyncNow,
@@ -122,6 +123,12 @@ impl NetHandle {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// Publishes a signed envelope as it is, unjudged: for changes that arrived by other
+    /// means (an imported bundle) and for tests that play a hostile member.
+    pub async fn publish(&self, envelope: Vec<u8>) {
+        let _ = self.tx.send(Command::Publish(envelope)).await;
     }
 
     /// Starts a sync round with every connected member.
@@ -466,6 +473,7 @@ impl Net {
 
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
+            Command::Publish(envelope) => self.publish(envelope),
             Command::Peers(reply) => {
                 let _ = reply.send(self.peer_statuses());
             }

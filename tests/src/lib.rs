@@ -1,8 +1,10 @@
 //! Kervan's test harness: federations of real park nodes, each with a real data directory and
 //! sled store in a temporary directory, and a forger that writes the changes a hostile member
-//! would send.
+//! would send. [`testnet`] runs such parks as networked nodes on loopback.
 
 use std::collections::BTreeMap;
+
+pub mod testnet;
 
 use automerge::{AutoCommit, ReadDoc};
 use ed25519_dalek::SigningKey;

@@ -5,4 +5,5 @@ mod convergence;
 mod devices;
 mod equivocation;
 mod hostile;
+mod network;
 mod restart;

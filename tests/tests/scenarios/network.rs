@@ -1,0 +1,293 @@
+//! The federation over the network: nodes in this process on loopback, gossip and anti-entropy
+//! over real libp2p connections.
+
+use std::time::Duration;
+
+use kervan_node::data_dir::DataDir;
+use kervan_node::node::{self, Overrides};
+use kervan_node::sample::Sample;
+use kervan_protocol::{DocId, RecordId, SignedChange};
+use kervan_tests::testnet::{TestNet, wait_until};
+use kervan_tests::{Forger, Park};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// Every park writes concurrently; the parks end with equal digests, equal query answers, and
+/// every acknowledged write everywhere. Prints the time to converge.
+async fn parks_converge(n: usize, per_park: usize) {
+    let net = TestNet::start(n).await;
+    net.converged(CONVERGE).await;
+    let mut ids: Vec<RecordId> = Vec::new();
+    let writes = (0..n).map(|i| {
+        let net = &net;
+        async move {
+            let mut sample = Sample::new(i as u64);
+            let mut out = Vec::new();
+            for _ in 0..per_park {
+                let country = net.fed.parks[i].country.clone();
+                out.push(net.write(i, sample.startup(&country)).await);
+            }
+            out
+        }
+    });
+    let started = std::time::Instant::now();
+    // All parks write at once: the futures interleave on this task, each write going through
+    // its own node's replica thread.
+    for batch in futures_util::future::join_all(writes).await {
+        ids.extend(batch);
+    }
+    let took = net.converged(CONVERGE).await;
+    println!(
+        "{n} parks, {} writes: converged {:?} after the last write ({:?} from the first)",
+        ids.len(),
+        took,
+        started.elapsed()
+    );
+    let view = net.view(0).await;
+    for i in 1..n {
+        assert_eq!(net.view(i).await, view, "park {i} answers differently");
+    }
+    for i in 0..n {
+        for id in &ids {
+            assert!(net.has_startup(i, id).await, "{id} missing at park {i}");
+        }
+    }
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_parks_writing_concurrently_converge() {
+    parks_converge(3, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_parks_writing_concurrently_converge() {
+    parks_converge(6, 10).await;
+}
+
+/// Two sides of a partition both write; after the heal, every write is everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_with_writes_on_both_sides_heals_with_nothing_lost() {
+    let net = TestNet::start(3).await;
+    net.converged(CONVERGE).await;
+    net.partition(&[0], &[1, 2]).await;
+    let mut sample = Sample::new(7);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(net.write(0, sample.startup("KZ")).await);
+        ids.push(net.write(1, sample.startup("UZ")).await);
+        ids.push(net.write(2, sample.startup("KG")).await);
+    }
+    // Cut off: park 0 sees none of the others' writes.
+    let theirs = ids[1].clone();
+    wait_until("the other side to converge", CONVERGE, || async {
+        net.digest(1).await == net.digest(2).await
+    })
+    .await;
+    assert!(
+        !net.has_startup(0, &theirs).await,
+        "a write crossed the partition"
+    );
+    net.heal().await;
+    net.converged(CONVERGE).await;
+    for i in 0..3 {
+        for id in &ids {
+            assert!(net.has_startup(i, id).await, "{id} lost at park {i}");
+        }
+    }
+    net.shutdown().await;
+}
+
+/// A node restarted after missing writes, and a park whose node starts only after the others
+/// wrote, both catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_and_late_joiner_catch_up() {
+    let mut net = TestNet::new(4);
+    for i in 0..3 {
+        net.start_node(i).await;
+    }
+    net.converged(CONVERGE).await;
+    net.stop(2).await;
+    let mut sample = Sample::new(9);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(net.write(0, sample.startup("KZ")).await);
+        ids.push(net.write(1, sample.startup("UZ")).await);
+    }
+    net.start_node(2).await;
+    net.start_node(3).await;
+    net.converged(CONVERGE).await;
+    for i in 2..4 {
+        for id in &ids {
+            assert!(net.has_startup(i, id).await, "{id} missing at park {i}");
+        }
+    }
+    net.shutdown().await;
+}
+
+/// A device the federation document does not register is refused at the connection level:
+/// it learns nothing of the registry, while the members go on converging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_member_cannot_connect_and_receives_nothing() {
+    let net = TestNet::start(2).await;
+    let id = net.write(0, Sample::new(1).startup("KZ")).await;
+    net.converged(CONVERGE).await;
+
+    // A device of Astana Hub that Astana Hub never registered.
+    let (outsider, _) = Park::init("kz-astana-hub", "Astana Hub", "KZ", "Astana");
+    outsider
+        .dir
+        .join(&net.fed.genesis)
+        .expect("joins the genesis");
+    let bootstrap: Vec<_> = net
+        .nodes
+        .iter()
+        .flatten()
+        .flat_map(|n| n.p2p_addrs.clone())
+        .collect();
+    let o = Overrides {
+        api: Some("127.0.0.1:0".parse().expect("addr")),
+        listen: Some(vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")]),
+        bootstrap: Some(bootstrap),
+        sync_interval: Some(Duration::from_millis(200)),
+    };
+    let dir: &DataDir = &outsider.dir;
+    let stranger = node::start(dir, dir.config().expect("config"), o)
+        .await
+        .expect("starts");
+    // Several sync intervals later it still has nothing and nobody lists it as connected.
+    let waited = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            let has = stranger
+                .replica
+                .call({
+                    let id = id.clone();
+                    move |r| r.index().startup(&id).is_some()
+                })
+                .await
+                .expect("runs");
+            if has {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_err(), "the non-member received the registry");
+    for n in net.nodes.iter().flatten() {
+        let peers = n.net.peers().await;
+        assert!(
+            peers
+                .iter()
+                .all(|p| !(p.peer_id == stranger.peer_id.to_string() && p.connected)),
+            "a member accepted the non-member's connection"
+        );
+    }
+    // Its dials may complete a handshake before the member's allow list closes them: what
+    // matters is that no sync round ever completed and nothing was accepted from anyone.
+    let seen = stranger.net.peers().await;
+    assert!(
+        seen.iter()
+            .all(|p| p.last_sync.is_none() && p.accepted == 0),
+        "{seen:?}"
+    );
+    stranger.stop().await.expect("stops");
+    net.shutdown().await;
+}
+
+/// A member publishes forged and unauthorised changes over gossip. The honest parks reject
+/// each with its reason, count them against the sender, disconnect it after repeated offences,
+/// and still converge on everything honest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_member_is_rejected_penalised_and_cut_off() {
+    let mut net = TestNet::new(3);
+    for i in 0..3 {
+        net.start_node(i).await;
+    }
+    net.converged(CONVERGE).await;
+    // Park 2 turns hostile: it signs changes into park 1's ledger and forges signatures.
+    let ledger_1 = DocId::Ledger(net.fed.parks[1].id.clone());
+    let key_2 = net.fed.parks[2].key();
+    let federation = net.fed.id;
+    let bundle = net
+        .node(1)
+        .replica
+        .call(|r| r.export(None).map(|b| b.encode()))
+        .await
+        .expect("runs")
+        .expect("export");
+    let mut holder = Park::init("uz-it-park", "IT Park Uzbekistan", "UZ", "Tashkent").0;
+    holder.dir.join(&net.fed.genesis).expect("join");
+    holder.import(&bundle);
+    let mut forger = Forger::new(&mut holder, ledger_1, key_2, federation);
+    let startups = forger.obj(&["startups"]);
+    let mut bad = Vec::new();
+    for i in 0..30 {
+        let mut c = forger.change(|d| {
+            use automerge::transaction::Transactable;
+            let rec = d
+                .put_object(
+                    &startups,
+                    format!("uz-it-park/hijack-{i}"),
+                    automerge::ObjType::Map,
+                )
+                .expect("put");
+            d.put(&rec, "name", "Hijacked").expect("put");
+        });
+        let env = forger.sign(&mut c);
+        if i % 2 == 0 {
+            let mut e = SignedChange::decode(&env, usize::MAX).expect("decode");
+            e.sig[0] ^= 1;
+            bad.push(e.encode());
+        } else {
+            bad.push(env);
+        }
+    }
+    for env in bad {
+        net.node(2).net.publish(env).await;
+    }
+    let hostile = net.node(2).peer_id.to_string();
+    wait_until(
+        "honest parks to penalise and ban the hostile member",
+        CONVERGE,
+        || async {
+            let mut banned = 0;
+            for i in 0..2 {
+                let peers = net.node(i).net.peers().await;
+                if peers
+                    .iter()
+                    .any(|p| p.peer_id == hostile && p.banned && p.rejected >= 20)
+                {
+                    banned += 1;
+                }
+            }
+            banned >= 1
+        },
+    )
+    .await;
+    for i in 0..2 {
+        let rejected = net
+            .node(i)
+            .replica
+            .call(|r| r.store().rejected())
+            .await
+            .expect("runs");
+        let rejected = rejected.unwrap_or_default();
+        assert!(
+            rejected
+                .iter()
+                .all(|r| r.code == "writes_another_park" || r.code == "bad_signature"),
+            "{rejected:?}"
+        );
+    }
+    // The honest parks go on converging.
+    let id = net.write(0, Sample::new(3).startup("KZ")).await;
+    wait_until("the honest write to reach park 1", CONVERGE, || async {
+        net.has_startup(1, &id).await
+    })
+    .await;
+    assert_eq!(net.digest(0).await, net.digest(1).await);
+    net.shutdown().await;
+}
+
+use kervan_node::Store as _;
