@@ -80,8 +80,32 @@ pub(crate) fn status(c: &Client, json_out: bool) -> anyhow::Result<ExitCode> {
         "changes      {} accepted, {} pending",
         s["changes"]["accepted"], s["changes"]["pending"]
     );
-    let peers = s["peers"].as_array().map_or(0, Vec::len);
-    println!("peers        {peers}");
+    let peers = s["peers"].as_array().cloned().unwrap_or_default();
+    println!("peers        {}", peers.len());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for p in &peers {
+        let id = cell(&p["peer_id"]);
+        let synced = p["last_sync"].as_i64().map_or_else(
+            || "never synced".to_owned(),
+            |t| format!("synced {}s ago", (now - t).max(0)),
+        );
+        println!(
+            "  {}  {:<12}  {:<16}  score {:>4}{}",
+            &id[id.len().saturating_sub(12)..],
+            if p["connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            synced,
+            p["score"],
+            if p["banned"].as_bool() == Some(true) {
+                "  banned"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

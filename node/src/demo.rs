@@ -1,14 +1,17 @@
-//! `kervan demo`: a local federation of real parks with sample data, in one command.
+//! `kervan demo`: a local federation of real parks with sample data, in one command. Each
+//! park gets a data directory, the parks share one genesis, each writes its own sample records,
+//! and then their nodes start on loopback and converge over the network.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use kervan_protocol::{DeviceKey, FederationId, Hash, ParkCard};
+use kervan_protocol::{DeviceKey, FederationId, ParkCard, RecordId};
 use serde_json::json;
 
 use crate::data_dir::{DataDir, DataDirError, genesis_file};
-use crate::replica::{Collection, Replica};
+use crate::node::{self, NodeError, Overrides, RunningNode};
+use crate::replica::Collection;
 use crate::sample::Sample;
-use crate::store::SledStore;
 
 /// Founding parks of the demo, in the order `--parks N` takes them.
 pub const PARKS: [(&str, &str, &str, &str); 6] = [
@@ -25,28 +28,35 @@ pub const PARKS: [(&str, &str, &str, &str); 6] = [
     ("tr-bilkent-cyberpark", "Bilkent Cyberpark", "TR", "Ankara"),
 ];
 
-/// One park of a demo federation.
-#[derive(Debug)]
-pub struct DemoPark {
-    pub id: String,
-    pub dir: PathBuf,
-    pub startups: usize,
-    pub programs: usize,
-    pub applications: usize,
-    pub digest: Hash,
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Replica(#[from] crate::ReplicaError),
+    #[error("the replica stopped")]
+    Stopped,
+    #[error("the parks did not converge within {0:?}")]
+    NoConvergence(Duration),
 }
 
-/// A demo federation, built.
-#[derive(Debug)]
-pub struct Demo {
-    pub federation: FederationId,
-    pub parks: Vec<DemoPark>,
+impl From<crate::actor::Stopped> for DemoError {
+    fn from(_: crate::actor::Stopped) -> Self {
+        DemoError::Stopped
+    }
 }
 
-/// Builds a federation of `n` parks (2 to 6) under `root`: data directories, a genesis,
-/// `per_park` sample startups and two programs per park, applications across parks and
-/// decisions on them, and the bundles exchanged until every park holds the same registry.
-pub fn build(root: &Path, n: usize, per_park: usize, seed: u64) -> Result<Demo, DataDirError> {
+/// Creates `n` parks (2 to 6) under `root`: data directories, one genesis, and in each park's
+/// own ledger `per_park` sample startups and two programs (one a Digital Nomad residency).
+pub fn prepare(
+    root: &Path,
+    n: usize,
+    per_park: usize,
+    seed: u64,
+) -> Result<(FederationId, Vec<DataDir>), DemoError> {
     let n = n.clamp(2, PARKS.len());
     let mut dirs = Vec::new();
     let mut cards = Vec::new();
@@ -77,89 +87,117 @@ pub fn build(root: &Path, n: usize, per_park: usize, seed: u64) -> Result<Demo, 
         path: root.join("genesis.kvn").display().to_string(),
         source,
     })?;
-    let mut replicas: Vec<Replica<SledStore>> = Vec::new();
-    for dir in &dirs {
-        dir.join(&genesis)?;
-        replicas.push(dir.open_replica()?);
-    }
     let mut sample = Sample::new(seed);
-    for (i, r) in replicas.iter_mut().enumerate() {
+    for (i, dir) in dirs.iter().enumerate() {
+        dir.join(&genesis)?;
+        let mut r = dir.open_replica()?;
         let (_, name, country, _) = PARKS[i];
         for _ in 0..per_park {
             r.create(Collection::Startups, None, &sample.startup(country))?;
         }
-        r.create(Collection::Programs, Some("residency"), &{
-            let mut p = sample.program(name);
-            p["kind"] = json!("residency");
-            p["title"] = json!("Digital Nomad IT residency");
-            p
-        })?;
+        let mut residency = sample.program(name);
+        residency["kind"] = json!("residency");
+        residency["title"] = json!("Digital Nomad IT residency");
+        r.create(Collection::Programs, Some("residency"), &residency)?;
         r.create(Collection::Programs, None, &sample.program(name))?;
-    }
-    exchange(&mut replicas)?;
-    // Each park's first startup applies to the next park's residency; the host decides.
-    let mut apps = Vec::new();
-    for i in 0..n {
-        let host = PARKS[(i + 1) % n].0;
-        let startup = replicas[i]
-            .index()
-            .startups(&crate::query::Filter {
-                park: Some(PARKS[i].0.parse().expect("valid")),
-                limit: Some(1),
-                ..Default::default()
-            })
-            .map_err(|e| DataDirError::Genesis(e.to_string()))?
-            .items
-            .first()
-            .map(|s| s.id.to_string());
-        if let Some(startup) = startup {
-            let app = replicas[i].create(
-                Collection::Applications,
-                None,
-                &json!({"startup": startup, "program": format!("{host}/residency"),
-                        "message": "We would like to join your residency."}),
-            )?;
-            apps.push(((i + 1) % n, app));
-        }
-    }
-    exchange(&mut replicas)?;
-    for (k, (host, app)) in apps.iter().enumerate() {
-        let status = ["accepted", "waitlisted", "rejected"][k % 3];
-        replicas[*host].decide(
-            app,
-            &json!({"status": status, "note": "Decided in the demo"}),
-        )?;
-    }
-    exchange(&mut replicas)?;
-    let mut parks = Vec::new();
-    for (i, r) in replicas.iter_mut().enumerate() {
         r.snapshot_all()?;
-        let c = r.index().counts();
-        parks.push(DemoPark {
-            id: PARKS[i].0.into(),
-            dir: dirs[i].root().to_path_buf(),
-            startups: c.startups,
-            programs: c.programs,
-            applications: c.applications,
-            digest: r.digest(),
-        });
     }
-    Ok(Demo { federation, parks })
+    Ok((federation, dirs))
 }
 
-/// Every park imports every other park's export.
-fn exchange(replicas: &mut [Replica<SledStore>]) -> Result<(), DataDirError> {
-    let bundles = replicas
-        .iter()
-        .map(|r| r.export(None).map(|b| b.encode()))
-        .collect::<Result<Vec<_>, _>>()?;
-    for (i, r) in replicas.iter_mut().enumerate() {
-        for (j, b) in bundles.iter().enumerate() {
-            if i != j {
-                r.import(b, "demo")
-                    .map_err(|e| DataDirError::Genesis(e.to_string()))?;
-            }
+/// Starts every park's node on loopback; each dials the ones started before it.
+pub async fn start(
+    dirs: &[DataDir],
+    sync_interval: Duration,
+) -> Result<Vec<RunningNode>, DemoError> {
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    for dir in dirs {
+        let bootstrap = nodes.iter().flat_map(|n| n.p2p_addrs.clone()).collect();
+        let o = Overrides {
+            api: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            listen: Some(vec![
+                "/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr"),
+            ]),
+            bootstrap: Some(bootstrap),
+            sync_interval: Some(sync_interval),
+        };
+        nodes.push(node::start(dir, dir.config()?, o).await?);
+    }
+    Ok(nodes)
+}
+
+/// Waits until every node has the same digest; answers how long it took.
+pub async fn converge(nodes: &[RunningNode], timeout: Duration) -> Result<Duration, DemoError> {
+    let started = Instant::now();
+    loop {
+        let mut digests = Vec::new();
+        for n in nodes {
+            digests.push(n.replica.call(|r| r.digest()).await?);
         }
+        if digests.windows(2).all(|w| w[0] == w[1]) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            return Err(DemoError::NoConvergence(timeout));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Each park's first startup applies to the next park's residency. Run once the parks have
+/// converged, so every applicant sees the program.
+pub async fn apply(nodes: &[RunningNode]) -> Result<Vec<(usize, RecordId)>, DemoError> {
+    let n = nodes.len();
+    let mut apps = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let host = (i + 1) % n;
+        let program = format!("{}/residency", nodes[host].park);
+        let park = node.park.clone();
+        let app = node
+            .replica
+            .call(move |r| {
+                let filter = crate::query::Filter {
+                    park: Some(park),
+                    limit: Some(1),
+                    ..Default::default()
+                };
+                let startup = r
+                    .index()
+                    .startups(&filter)
+                    .ok()
+                    .and_then(|p| p.items.first().map(|s| s.id.to_string()));
+                startup
+                    .map(|s| {
+                        r.create(
+                            Collection::Applications,
+                            None,
+                            &json!({"startup": s, "program": program,
+                                    "message": "We would like to join your residency."}),
+                        )
+                    })
+                    .transpose()
+            })
+            .await??;
+        if let Some(app) = app {
+            apps.push((host, app));
+        }
+    }
+    Ok(apps)
+}
+
+/// The hosts decide: accepted, waitlisted, rejected in turn.
+pub async fn decide(nodes: &[RunningNode], apps: Vec<(usize, RecordId)>) -> Result<(), DemoError> {
+    for (k, (host, app)) in apps.into_iter().enumerate() {
+        let status = ["accepted", "waitlisted", "rejected"][k % 3];
+        nodes[host]
+            .replica
+            .call(move |r| {
+                r.decide(
+                    &app,
+                    &json!({"status": status, "note": "Decided in the demo"}),
+                )
+            })
+            .await??;
     }
     Ok(())
 }
@@ -168,15 +206,34 @@ fn exchange(replicas: &mut [Replica<SledStore>]) -> Result<(), DataDirError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn demo_federation_converges() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_federation_converges_over_the_network() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let demo = build(tmp.path(), 3, 5, 1).expect("demo");
-        assert_eq!(demo.parks.len(), 3);
-        let first = &demo.parks[0];
-        for p in &demo.parks {
-            assert_eq!(p.digest, first.digest, "{} differs", p.id);
-            assert_eq!((p.startups, p.programs, p.applications), (15, 6, 3));
+        let (_, dirs) = prepare(tmp.path(), 3, 5, 1).expect("prepare");
+        let nodes = start(&dirs, Duration::from_millis(300))
+            .await
+            .expect("start");
+        converge(&nodes, Duration::from_secs(60))
+            .await
+            .expect("converge");
+        let apps = apply(&nodes).await.expect("apply");
+        assert_eq!(apps.len(), 3);
+        converge(&nodes, Duration::from_secs(60))
+            .await
+            .expect("converge");
+        decide(&nodes, apps).await.expect("decide");
+        converge(&nodes, Duration::from_secs(60))
+            .await
+            .expect("converge");
+        for n in &nodes {
+            let c = n.replica.call(|r| r.index().counts()).await.expect("runs");
+            assert_eq!(
+                (c.startups, c.programs, c.applications, c.decisions),
+                (15, 6, 3, 3)
+            );
+        }
+        for n in nodes {
+            n.stop().await.expect("stop");
         }
     }
 }

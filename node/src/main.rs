@@ -620,6 +620,7 @@ fn audit_verify(dir: &DataDir, json: bool) -> anyhow::Result<ExitCode> {
 const DEMO_MARKER: &str = ".kervan-demo";
 
 fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    use kervan_node::demo;
     if !(2..=6).contains(&args.parks) {
         bail!("--parks must be 2 to 6, found {}", args.parks);
     }
@@ -636,35 +637,65 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
     std::fs::write(args.dir.join(DEMO_MARKER), "a kervan demo federation\n")?;
-    let demo = kervan_node::demo::build(&args.dir, args.parks, args.startups, args.seed)?;
-    println!("federation {}", demo.federation);
-    println!(
-        "{:<22} {:>8} {:>8} {:>12}  {:<16}  data dir",
-        "park", "startups", "programs", "applications", "digest"
-    );
-    for p in &demo.parks {
+    let (federation, dirs) = demo::prepare(&args.dir, args.parks, args.startups, args.seed)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let nodes = demo::start(&dirs, std::time::Duration::from_secs(1)).await?;
+        let timeout = std::time::Duration::from_secs(120);
+        let first = demo::converge(&nodes, timeout).await?;
+        let apps = demo::apply(&nodes).await?;
+        demo::converge(&nodes, timeout).await?;
+        demo::decide(&nodes, apps).await?;
+        let last = demo::converge(&nodes, timeout).await?;
+        println!("federation {federation}");
         println!(
-            "{:<22} {:>8} {:>8} {:>12}  {:<16}  {}",
-            p.id,
-            p.startups,
-            p.programs,
-            p.applications,
-            &p.digest.to_string()[..16],
-            p.dir.display()
+            "{} parks converged over the network in {:.1} s (then {:.1} s after the last decision)",
+            nodes.len(),
+            first.as_secs_f64(),
+            last.as_secs_f64()
         );
-    }
-    let equal = demo.parks.iter().all(|p| p.digest == demo.parks[0].digest);
-    println!(
-        "{}",
-        if equal {
-            "all parks hold the same registry (equal digests)"
-        } else {
-            "digests differ"
+        println!(
+            "{:<22} {:>8} {:>8} {:>5}  {:<16}  {:<22}  api token",
+            "park", "startups", "programs", "apps", "digest", "api"
+        );
+        for n in &nodes {
+            let (c, digest) = n
+                .replica
+                .call(|r| (r.index().counts(), r.digest()))
+                .await
+                .map_err(|_| anyhow!("the replica stopped"))?;
+            println!(
+                "{:<22} {:>8} {:>8} {:>5}  {:<16}  http://{:<15}  {}",
+                n.park.to_string(),
+                c.startups,
+                c.programs,
+                c.applications,
+                &digest.to_string()[..16],
+                n.api_addr.to_string(),
+                n.token
+            );
         }
-    );
-    Ok(if equal {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+        println!(
+            "all parks hold the same registry. Try: curl -H \"Authorization: Bearer {}\" http://{}/v1/applications",
+            nodes[0].token, nodes[0].api_addr
+        );
+        println!(
+            "or: kervan --data-dir {} startups list --q ai",
+            dirs[0].root().display()
+        );
+        println!("serving until Ctrl-C");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        for n in nodes {
+            n.stop().await?;
+        }
+        println!("stopped; the parks' data stays in {}", args.dir.display());
+        Ok(ExitCode::SUCCESS)
     })
 }
