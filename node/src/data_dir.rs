@@ -207,16 +207,28 @@ impl DataDir {
 
     /// Opens the store, drawing its epoch the first time.
     pub fn open_store(&self) -> Result<SledStore, DataDirError> {
-        let store = SledStore::open(&self.path("store")).map_err(|e| match e {
-            // sled reports its lock as an I/O error whose text names the lock.
-            StoreError::Sled(sled::Error::Io(io))
-                if io.kind() == std::io::ErrorKind::WouldBlock
-                    || io.to_string().contains("could not acquire lock") =>
-            {
-                DataDirError::InUse(self.root.display().to_string())
+        // sled releases its lock from a background thread shortly after the last handle is
+        // dropped: a store closed a moment ago may still be locked, so try again briefly
+        // before calling it in use.
+        let mut attempts = 0;
+        let store = loop {
+            match SledStore::open(&self.path("store")) {
+                Ok(s) => break s,
+                // sled reports its lock as an I/O error whose text names the lock.
+                Err(StoreError::Sled(sled::Error::Io(io)))
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    attempts += 1;
+                    if attempts == 25 {
+                        return Err(DataDirError::InUse(self.root.display().to_string()));
+                    }
+                    #[allow(clippy::disallowed_methods)]
+                    std::thread::sleep(std::time::Duration::from_millis(40));
+                }
+                Err(other) => return Err(other.into()),
             }
-            other => other.into(),
-        })?;
+        };
         if store.meta("epoch")?.is_none() {
             store.put_meta("epoch", &rand::random::<[u8; 8]>())?;
             store.put_meta("schema_version", b"1")?;

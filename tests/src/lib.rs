@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+pub mod hostile;
 pub mod testnet;
 
 use automerge::{AutoCommit, ReadDoc};

@@ -7,6 +7,7 @@ use kervan_node::data_dir::DataDir;
 use kervan_node::node::{self, Overrides};
 use kervan_node::sample::Sample;
 use kervan_protocol::{DocId, RecordId, SignedChange};
+use kervan_tests::hostile::HostilePeer;
 use kervan_tests::testnet::{TestNet, wait_until};
 use kervan_tests::{Forger, Park};
 
@@ -243,6 +244,10 @@ async fn a_hostile_member_is_rejected_penalised_and_cut_off() {
             bad.push(env);
         }
     }
+    // The fork goes first: after enough bad changes the honest parks stop listening.
+    let (e1, e2) = equivocating_pair(&net, 2);
+    bad.insert(0, e2);
+    bad.insert(0, e1);
     for env in bad {
         net.node(2).net.publish(env).await;
     }
@@ -276,10 +281,31 @@ async fn a_hostile_member_is_rejected_penalised_and_cut_off() {
         assert!(
             rejected
                 .iter()
-                .all(|r| r.code == "writes_another_park" || r.code == "bad_signature"),
+                .all(|r| ["writes_another_park", "bad_signature", "equivocation"]
+                    .contains(&r.code.as_str())),
             "{rejected:?}"
         );
+        assert!(rejected.iter().any(|r| r.code == "writes_another_park"));
+        assert!(rejected.iter().any(|r| r.code == "bad_signature"));
     }
+    wait_until(
+        "the equivocation to be kept as evidence",
+        CONVERGE,
+        || async {
+            let mut ok = true;
+            for i in 0..2 {
+                let n = net
+                    .node(i)
+                    .replica
+                    .call(|r| r.store().evidence().map(|e| e.len()).unwrap_or(0))
+                    .await
+                    .expect("runs");
+                ok &= n == 1;
+            }
+            ok
+        },
+    )
+    .await;
     // The honest parks go on converging.
     let id = net.write(0, Sample::new(3).startup("KZ")).await;
     wait_until("the honest write to reach park 1", CONVERGE, || async {
@@ -291,3 +317,138 @@ async fn a_hostile_member_is_rejected_penalised_and_cut_off() {
 }
 
 use kervan_node::Store as _;
+
+/// Two different changes of one actor with one seq, in the federation document: park `who`'s
+/// key edits its own website twice from the same state.
+fn equivocating_pair(net: &TestNet, who: usize) -> (Vec<u8>, Vec<u8>) {
+    let key = net.fed.parks[who].key();
+    let park = net.fed.parks[who].id.to_string();
+    let federation = net.fed.id;
+    // Any node holding the genesis will do as the starting state.
+    let mut h = Park::init("kz-astana-hub", "Astana Hub", "KZ", "Astana").0;
+    h.dir.join(&net.fed.genesis).expect("join");
+    let mut a = Forger::new(&mut h, DocId::Federation, key, federation);
+    let mut b = Forger {
+        doc: a.doc.fork(),
+        doc_id: DocId::Federation,
+        key: a.key.clone(),
+        actor: a.actor,
+        federation,
+    };
+    b.doc.set_actor(a.actor.to_automerge());
+    let obj = a.obj(&["parks", park.as_str()]);
+    let mut c1 = a.change(|d| {
+        use automerge::transaction::Transactable;
+        d.put(&obj, "website", "https://one.example").expect("put");
+    });
+    let mut c2 = b.change(|d| {
+        use automerge::transaction::Transactable;
+        d.put(&obj, "website", "https://two.example").expect("put");
+    });
+    (a.sign(&mut c1), b.sign(&mut c2))
+}
+
+/// Changes signed by park `writer` into park `victim`'s ledger, half with broken signatures.
+fn forged(net: &TestNet, victim: usize, writer: usize, n: usize) -> Vec<Vec<u8>> {
+    let ledger = DocId::Ledger(net.fed.parks[victim].id.clone());
+    let key = net.fed.parks[writer].key();
+    let federation = net.fed.id;
+    let victim_id = net.fed.parks[victim].id.to_string();
+    let mut f = Forger {
+        doc: automerge::AutoCommit::new(),
+        doc_id: ledger,
+        key: key.clone(),
+        actor: kervan_protocol::Actor {
+            key: kervan_protocol::DeviceKey(key.verifying_key().to_bytes()),
+            epoch: [7; 8],
+        },
+        federation,
+    };
+    f.doc.set_actor(f.actor.to_automerge());
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut c = f.change(|d| {
+            use automerge::transaction::Transactable;
+            let s = d
+                .put_object(
+                    automerge::ROOT,
+                    format!("startups-{i}"),
+                    automerge::ObjType::Map,
+                )
+                .expect("put");
+            d.put(&s, "name", victim_id.as_str()).expect("put");
+        });
+        let env = f.sign(&mut c);
+        if i % 2 == 0 {
+            let mut e = SignedChange::decode(&env, usize::MAX).expect("decode");
+            e.sig[0] ^= 1;
+            out.push(e.encode());
+        } else {
+            out.push(env);
+        }
+    }
+    out
+}
+
+/// A member answers every sync pull with forged changes, changes into another park's ledger
+/// and an equivocating pair. The honest parks record each rejection with its reason and the
+/// sender, keep the equivocation as evidence, ban the sender, and still converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_member_over_sync_is_rejected_penalised_and_cut_off() {
+    let mut net = TestNet::new(3);
+    net.start_node(0).await;
+    net.start_node(1).await;
+    net.converged(CONVERGE).await;
+    let mut envelopes = forged(&net, 1, 2, 30);
+    let (e1, e2) = equivocating_pair(&net, 2);
+    envelopes.push(e1);
+    envelopes.push(e2);
+    let targets: Vec<_> = net
+        .nodes
+        .iter()
+        .flatten()
+        .flat_map(|n| n.p2p_addrs.clone())
+        .collect();
+    let hostile = HostilePeer::start(net.fed.parks[2].key().to_bytes(), targets, envelopes).await;
+    let id = hostile.peer_id.to_string();
+    for i in 0..2 {
+        wait_until("the hostile member to be banned", CONVERGE, || async {
+            net.node(i)
+                .net
+                .peers()
+                .await
+                .iter()
+                .any(|p| p.peer_id == id && p.banned && p.rejected >= 20)
+        })
+        .await;
+        let (rejected, evidence) = net
+            .node(i)
+            .replica
+            .call(|r| (r.store().rejected(), r.store().evidence()))
+            .await
+            .expect("runs");
+        let rejected = rejected.expect("rejected");
+        for code in ["writes_another_park", "bad_signature", "equivocation"] {
+            assert!(
+                rejected.iter().any(|r| r.code == code && r.source == id),
+                "park {i} records no {code} from the hostile member: {rejected:?}"
+            );
+        }
+        assert_eq!(
+            evidence.expect("evidence").len(),
+            1,
+            "the fork is kept as evidence"
+        );
+    }
+    assert!(
+        hostile.stop().await >= 2,
+        "both honest parks pulled from it"
+    );
+    let w = net.write(0, Sample::new(4).startup("KZ")).await;
+    wait_until("an honest write to reach park 1", CONVERGE, || async {
+        net.has_startup(1, &w).await
+    })
+    .await;
+    net.converged(CONVERGE).await;
+    net.shutdown().await;
+}
