@@ -445,16 +445,19 @@ impl Net {
             let _ = self.swarm.dial(opts);
         }
         // Anti-entropy with one connected member, chosen at random.
-        let connected: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.connected)
-            .map(|(id, _)| *id)
-            .collect();
+        let connected = self.connected();
         if !connected.is_empty() {
             let i = rand::random_range(0..connected.len());
             self.pull(connected[i]).await;
         }
+    }
+
+    fn connected(&self) -> Vec<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.connected)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     async fn pull(&mut self, peer: PeerId) {
@@ -481,13 +484,7 @@ impl Net {
                 let _ = reply.send(self.listening.clone());
             }
             Command::SyncNow => {
-                let connected: Vec<PeerId> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.connected)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for peer in connected {
+                for peer in self.connected() {
                     self.pull(peer).await;
                 }
             }

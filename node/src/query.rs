@@ -168,6 +168,16 @@ impl<T: Clone> Table<T> {
     }
 }
 
+/// An index entry: the record with the lower-cased text `q` searches (name or title, summary,
+/// tags or benefits) and its name sort key.
+fn entry<T>(name: &str, summary: Option<&str>, words: &[String], record: T) -> Entry<T> {
+    Entry {
+        text: format!("{name}\n{}\n{}", summary.unwrap_or(""), words.join("\n")).to_lowercase(),
+        name: name.to_lowercase(),
+        record,
+    }
+}
+
 fn limit_of(limit: Option<usize>) -> Result<usize, QueryError> {
     match limit {
         None => Ok(DEFAULT_LIMIT),
@@ -203,32 +213,12 @@ pub struct Index {
 
 impl Index {
     pub fn set_startup(&mut self, id: RecordId, s: Option<Startup>) {
-        let entry = s.map(|s| Entry {
-            text: format!(
-                "{}\n{}\n{}",
-                s.name,
-                s.summary.as_deref().unwrap_or(""),
-                s.tags.join("\n")
-            )
-            .to_lowercase(),
-            name: s.name.to_lowercase(),
-            record: s,
-        });
+        let entry = s.map(|s| entry(&s.name, s.summary.as_deref(), &s.tags, s.clone()));
         self.startups.set(id, entry);
     }
 
     pub fn set_program(&mut self, id: RecordId, p: Option<Program>) {
-        let entry = p.map(|p| Entry {
-            text: format!(
-                "{}\n{}\n{}",
-                p.title,
-                p.summary.as_deref().unwrap_or(""),
-                p.benefits.join("\n")
-            )
-            .to_lowercase(),
-            name: p.title.to_lowercase(),
-            record: p,
-        });
+        let entry = p.map(|p| entry(&p.title, p.summary.as_deref(), &p.benefits, p.clone()));
         self.programs.set(id, entry);
     }
 

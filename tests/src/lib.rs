@@ -19,20 +19,8 @@ use kervan_protocol::{
 use serde_json::Value;
 use tempfile::TempDir;
 
-/// The founding parks of the federation: id, name, country, city.
-pub const FOUNDING: [(&str, &str, &str, &str); 6] = [
-    ("kz-astana-hub", "Astana Hub", "KZ", "Astana"),
-    ("uz-it-park", "IT Park Uzbekistan", "UZ", "Tashkent"),
-    (
-        "kg-htp",
-        "High Technology Park of the Kyrgyz Republic",
-        "KG",
-        "Bishkek",
-    ),
-    ("az-sabah-lab", "Sabah Lab", "AZ", "Baku"),
-    ("tr-bilisim-vadisi", "Bilişim Vadisi", "TR", "Kocaeli"),
-    ("tr-bilkent-cyberpark", "Bilkent Cyberpark", "TR", "Ankara"),
-];
+/// The founding parks of the federation: id, name, country, city (the demo's parks).
+pub use kervan_node::demo::PARKS as FOUNDING;
 
 /// One park's node: a data directory and its open replica.
 pub struct Park {
