@@ -74,6 +74,14 @@ enum Command {
     Devices(DevicesCommand),
     /// Build a local federation of real parks with sample data.
     Demo(DemoArgs),
+    /// Check a configuration file; print "ok" or what is wrong.
+    Validate {
+        /// The config file (default: the data directory's config.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Exit 0 if this data directory's node answers `/v1/health` (for container health checks).
+    Health,
     /// Run the node: open the store, join the network, serve the API until SIGINT or SIGTERM.
     Run {
         /// A config file other than the data directory's config.toml.
@@ -318,7 +326,7 @@ struct GenesisArgs {
     /// A founding park's card (`kervan init` prints it); repeat for each park.
     #[arg(long = "card", required = true)]
     cards: Vec<PathBuf>,
-    /// Where to write the genesis file.
+    /// Where to write the genesis file (`-`: standard output, the id then goes to stderr).
     #[arg(long)]
     out: PathBuf,
 }
@@ -425,6 +433,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Programs(cmd) => commands::records(&commands::client(&dir)?, "programs", cmd),
         Command::Applications(cmd) => commands::applications(&commands::client(&dir)?, cmd),
         Command::Demo(args) => demo(args),
+        Command::Validate { config } => {
+            let path = config.unwrap_or_else(|| dir.path("config.toml"));
+            let c = kervan_node::Config::load(&path)?;
+            println!(
+                "ok: {} is a valid config for park {}",
+                path.display(),
+                c.park
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Health => {
+            let c = kervan_node::client::Client::new(&dir)?;
+            c.json("GET", "/v1/health", kervan_node::client::Body::None)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Devices(DevicesCommand::Add { card }) => {
             let text = std::fs::read_to_string(&card)
                 .with_context(|| format!("cannot read card {}", card.display()))?;
@@ -474,7 +497,8 @@ fn init(dir: &DataDir, args: InitArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn genesis(args: GenesisArgs) -> anyhow::Result<ExitCode> {
-    if args.out.exists() {
+    let to_stdout = args.out.as_os_str() == "-";
+    if !to_stdout && args.out.exists() {
         bail!(
             "{} already exists; refusing to overwrite a genesis",
             args.out.display()
@@ -498,6 +522,12 @@ fn genesis(args: GenesisArgs) -> anyhow::Result<ExitCode> {
         cards.push(card);
     }
     let (federation, bytes) = kervan_node::data_dir::genesis_file(&args.name, &charter, &cards)?;
+    if to_stdout {
+        use std::io::Write as _;
+        std::io::stdout().write_all(&bytes)?;
+        eprintln!("{federation}");
+        return Ok(ExitCode::SUCCESS);
+    }
     std::fs::write(&args.out, bytes)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!(
