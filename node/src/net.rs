@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt as _;
 use kervan_protocol::sync::{self, PeerAddrs, Request, Response};
-use kervan_protocol::{DeviceKey, FederationId, Hash, SignedChange};
+use kervan_protocol::{DeviceKey, FederationId};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -158,15 +158,12 @@ pub fn topic(federation: &FederationId) -> IdentTopic {
 }
 
 fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
-    // The change hash: the same change is the same message whoever relays it.
-    let hash = SignedChange::decode(&m.data, usize::MAX)
-        .ok()
-        .and_then(|e| e.parse().ok())
-        .map(|c| Hash::from(c.hash()).0.to_vec());
-    gossipsub::MessageId::from(hash.unwrap_or_else(|| {
-        use sha2::Digest as _;
-        sha2::Sha256::digest(&m.data).to_vec()
-    }))
+    // The hash of the whole envelope, not the change hash alone: a relay that corrupts a
+    // genuine change's signature makes another message, so its copy cannot make the honest
+    // one look like a duplicate. Ed25519 signatures are deterministic, so the same change
+    // signed by its author is always the same message.
+    use sha2::Digest as _;
+    gossipsub::MessageId::from(sha2::Sha256::digest(&m.data).to_vec())
 }
 
 /// One page of a sync answer: envelopes, and whether more remain.
