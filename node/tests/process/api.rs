@@ -448,3 +448,47 @@ fn cli_says_when_no_node_is_running() {
         "{err}"
     );
 }
+
+/// `kervan validate` accepts the example config and names what is wrong in a bad one;
+/// `kervan health` answers 0 only while the node runs.
+#[test]
+fn validate_and_health_commands() {
+    let s = setup();
+    let run = |args: &[&str]| {
+        Command::new(KERVAN)
+            .arg("--data-dir")
+            .arg(&s.astana)
+            .args(args)
+            .output()
+            .expect("runs")
+    };
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/config.example.toml");
+    let out = run(&["validate", "--config", example]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        run(&["validate"]).status.success(),
+        "the data directory's own config"
+    );
+    let bad = s.astana.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "park = \"kz-astana-hub\"\n[network]\nsync_interval = \"1ms\"\n",
+    )
+    .expect("write");
+    let out = run(&["validate", "--config", &bad.display().to_string()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sync_interval") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+
+    assert!(!run(&["health"]).status.success(), "no node runs yet");
+    let mut node = Node::start(&s.astana);
+    assert!(run(&["health"]).status.success());
+    node.kill9();
+}
