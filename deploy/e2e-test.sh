@@ -82,7 +82,7 @@ same_digest() { # containers...
 }
 
 has_startup() { # container, id
-    kervan "$1" startups show "$2" --json >/dev/null
+    kervan "$1" startups show "$2" --json >/dev/null 2>&1
 }
 
 add_startup() { # container, country -> prints the new id
