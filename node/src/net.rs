@@ -331,20 +331,27 @@ impl Net {
         true
     }
 
+    /// Makes the allow list the registered, non-frozen devices: new ones are let in, frozen
+    /// ones are cut off.
     async fn refresh_members(&mut self) {
-        let keys = self
-            .replica
-            .call(|r| r.member_keys())
-            .await
-            .unwrap_or_default();
+        let Ok(keys) = self.replica.call(|r| r.member_keys()).await else {
+            return;
+        };
         let me = *self.swarm.local_peer_id();
-        for key in keys {
-            let Some(peer) = peer_id_of(&key) else {
-                continue;
-            };
-            if peer == me || !self.members.insert(peer) {
-                continue;
-            }
+        let now: HashSet<PeerId> = keys
+            .iter()
+            .filter_map(peer_id_of)
+            .filter(|p| *p != me)
+            .collect();
+        let gone: Vec<PeerId> = self.members.difference(&now).copied().collect();
+        for peer in gone {
+            tracing::warn!(%peer, "device no longer a member: disconnected");
+            self.members.remove(&peer);
+            self.disallow(peer);
+        }
+        let new: Vec<PeerId> = now.difference(&self.members).copied().collect();
+        for peer in new {
+            self.members.insert(peer);
             if !self.blocked.contains(&peer) {
                 self.allow(peer);
             }
