@@ -94,6 +94,17 @@ add_startup() { # container, country -> prints the new id
 echo "e2e: building the image"
 deploy/build-image.sh kervan:latest
 
+# ---- the systemd unit and the example config ----
+if command -v systemd-analyze >/dev/null 2>&1; then
+    unit="$work/kervan.service"
+    sed "s|/usr/local/bin/kervan|$root/deploy/image/rootfs/kervan|g" deploy/kervan.service >"$unit"
+    out=$(systemd-analyze verify "$unit" 2>&1) || fail "systemd-analyze: $out"
+    [ -z "$out" ] || fail "systemd-analyze: $out"
+    pass "the systemd unit verifies"
+fi
+deploy/image/rootfs/kervan validate --config deploy/config.example.toml >/dev/null
+pass "the example config validates"
+
 # ---- the README's steps, verbatim, for two parks ----
 readme_block() { # marker
     awk -v m="<!-- deploy:$1 -->" -v e="<!-- /deploy:$1 -->" \

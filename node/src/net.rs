@@ -34,6 +34,8 @@ const PUBLISH_QUEUE: usize = 4096;
 const BAN_AFTER: u64 = 20;
 /// How long a ban lasts.
 const BAN_FOR: Duration = Duration::from_secs(300);
+/// Addresses kept per peer (the newest) and passed on per peer.
+const ADDRS_PER_PEER: usize = 8;
 
 /// The network settings of a node.
 #[derive(Debug, Clone)]
@@ -185,6 +187,8 @@ pub struct Net {
     bootstrap: Vec<Multiaddr>,
     listening: Vec<Multiaddr>,
     tick: tokio::time::Interval,
+    /// Raised when the replica fails or stops: the node must stop.
+    fatal: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Net {
@@ -205,6 +209,7 @@ impl Net {
         replica: ReplicaHandle,
         outbox: mpsc::Receiver<Vec<u8>>,
         shutdown: watch::Receiver<bool>,
+        fatal: watch::Sender<bool>,
     ) -> Result<(Self, NetHandle), NetError> {
         let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
         let keypair = identity::Keypair::ed25519_from_bytes(secret).map_err(|e| setup(&e))?;
@@ -292,6 +297,7 @@ impl Net {
             bootstrap: config.bootstrap,
             listening: Vec::new(),
             tick,
+            fatal,
         };
         net.refresh_members().await;
         // Wait for the listeners so callers can print and hand out real addresses.
@@ -387,15 +393,17 @@ impl Net {
             .publish(self.topic.clone(), envelope.clone())
         {
             Ok(_) => {}
-            Err(gossipsub::PublishError::Duplicate) => {}
-            Err(e) => {
-                // No peer yet (or none subscribed): keep it for the next round; anti-entropy
-                // delivers it anyway.
-                tracing::debug!(error = %e, "publish deferred");
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                // No peer yet: keep it for the next round; anti-entropy delivers it anyway.
                 if self.queue.len() == PUBLISH_QUEUE {
                     self.queue.pop_front();
                 }
                 self.queue.push_back(envelope);
+            }
+            Err(e) => {
+                // Seen already, too large or queues full: gossipsub will not take it again;
+                // anti-entropy delivers it.
+                tracing::debug!(error = %e, "not published");
             }
         }
     }
@@ -560,10 +568,14 @@ impl Net {
                 reports
             }
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "replica failed while ingesting");
+                tracing::error!(error = %e, "replica failed while ingesting: stopping");
+                let _ = self.fatal.send(true);
                 Vec::new()
             }
-            Err(_) => Vec::new(),
+            Err(_) => {
+                let _ = self.fatal.send(true);
+                Vec::new()
+            }
         }
     }
 
@@ -583,10 +595,7 @@ impl Net {
                 let p = self.peers.entry(peer_id).or_default();
                 p.connected = true;
                 if endpoint.is_dialer() {
-                    let addr = endpoint.get_remote_address().clone();
-                    if !p.addrs.contains(&addr) {
-                        p.addrs.push(addr);
-                    }
+                    remember(p, endpoint.get_remote_address().clone());
                 }
                 self.flush_queue();
                 self.pull(peer_id).await;
@@ -610,10 +619,8 @@ impl Net {
                 ..
             })) if self.members.contains(&peer_id) => {
                 let p = self.peers.entry(peer_id).or_default();
-                for addr in info.listen_addrs {
-                    if !p.addrs.contains(&addr) {
-                        p.addrs.push(addr);
-                    }
+                for addr in info.listen_addrs.into_iter().take(ADDRS_PER_PEER) {
+                    remember(p, addr);
                 }
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
@@ -695,6 +702,13 @@ impl Net {
                             peers,
                         } => (changes, more, peers),
                     };
+                    if changes.len() > sync::MAX_PAGE_CHANGES {
+                        tracing::warn!(%peer, n = changes.len(), "oversized sync page: peer banned");
+                        let p = self.peers.entry(peer).or_default();
+                        p.rejected += BAN_AFTER;
+                        self.score(peer, &[]);
+                        return;
+                    }
                     self.learn(peers);
                     let reports = if changes.is_empty() {
                         Vec::new()
@@ -726,7 +740,12 @@ impl Net {
             .filter(|(id, p)| **id != asking && p.connected && !p.addrs.is_empty())
             .map(|(id, p)| PeerAddrs {
                 peer: id.to_string(),
-                addrs: p.addrs.iter().map(ToString::to_string).collect(),
+                addrs: p
+                    .addrs
+                    .iter()
+                    .take(ADDRS_PER_PEER)
+                    .map(ToString::to_string)
+                    .collect(),
             })
             .take(64)
             .collect()
@@ -745,15 +764,24 @@ impl Net {
             for a in pa
                 .addrs
                 .iter()
-                .take(8)
+                .take(ADDRS_PER_PEER)
                 .filter_map(|a| a.parse::<Multiaddr>().ok())
             {
-                if !p.addrs.contains(&a) {
-                    p.addrs.push(a);
-                }
+                remember(p, a);
             }
         }
     }
+}
+
+/// Keeps an address of a peer, the newest [`ADDRS_PER_PEER`] only.
+fn remember(p: &mut Peer, addr: Multiaddr) {
+    if p.addrs.contains(&addr) {
+        return;
+    }
+    if p.addrs.len() == ADDRS_PER_PEER {
+        p.addrs.remove(0);
+    }
+    p.addrs.push(addr);
 }
 
 /// Whether a rejection code is the sender's fault (see `RejectReason::penalises_sender`).

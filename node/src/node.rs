@@ -98,6 +98,7 @@ pub async fn start(dir: &DataDir, config: Config, o: Overrides) -> Result<Runnin
     let (handle, replica_thread) = actor::spawn(replica);
     let secret = dir.signing_key()?.to_bytes();
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (fatal_tx, fatal) = watch::channel(false);
     let net_config = NetConfig {
         listen: match o.listen {
             Some(l) => l,
@@ -116,6 +117,7 @@ pub async fn start(dir: &DataDir, config: Config, o: Overrides) -> Result<Runnin
         handle.clone(),
         outbox_rx,
         shutdown_rx.clone(),
+        fatal_tx.clone(),
     )
     .await?;
     let net_task = tokio::spawn(net.run());
@@ -133,7 +135,6 @@ pub async fn start(dir: &DataDir, config: Config, o: Overrides) -> Result<Runnin
         source,
     })?;
     let token = dir.api_token()?;
-    let (fatal_tx, fatal) = watch::channel(false);
     let state = ApiState {
         replica: handle.clone(),
         net: Some(net_handle.clone()),
@@ -187,12 +188,12 @@ impl RunningNode {
         drop(self.replica);
         drop(self.net);
         let thread = self.replica_thread;
-        let flushed = tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .map_err(|_| NodeError::Panicked)?
-            .map_err(|_| NodeError::Panicked)?;
+        let joined = tokio::task::spawn_blocking(move || thread.join()).await;
         let _ = std::fs::remove_file(self.dir.path("api.addr"));
         let _ = std::fs::remove_file(self.dir.path("p2p.addr"));
+        let flushed = joined
+            .map_err(|_| NodeError::Panicked)?
+            .map_err(|_| NodeError::Panicked)?;
         flushed?;
         if failed {
             return Err(NodeError::Fatal);

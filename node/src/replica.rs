@@ -245,6 +245,13 @@ impl DocState {
     }
 }
 
+/// What a node already knows of a change it receives.
+enum Seen {
+    New,
+    Held,
+    Refused,
+}
+
 /// Parks and devices the federation document registers.
 #[derive(Debug, Default)]
 struct Registry {
@@ -654,14 +661,36 @@ impl<S: Store> Replica<S> {
         }
     }
 
-    fn known(&self, doc: &DocId, hash: &Hash) -> Result<bool, StoreError> {
-        Ok(self
+    /// Whether this node holds the change already (accepted, excluded or waiting), or refused it
+    /// before.
+    fn seen(&self, doc: &DocId, hash: &Hash) -> Result<Seen, StoreError> {
+        if self
             .docs
             .get(doc)
             .is_some_and(|d| d.accepted.contains_key(hash))
             || self.excluded.contains(&(doc.clone(), *hash))
             || self.pending.contains(doc, hash)
-            || (!self.restoring && self.store.is_rejected(Some(doc), hash)?))
+        {
+            return Ok(Seen::Held);
+        }
+        if !self.restoring && self.store.is_rejected(Some(doc), hash)? {
+            return Ok(Seen::Refused);
+        }
+        Ok(Seen::New)
+    }
+
+    /// A change refused before, sent again: refused again, and not as a harmless duplicate, so
+    /// the network neither forwards it nor spares its sender.
+    fn refused_again(&mut self) -> Outcome {
+        *self
+            .stats
+            .rejected
+            .entry("already_rejected".to_owned())
+            .or_default() += 1;
+        Outcome::Rejected {
+            code: "already_rejected".into(),
+            reason: "this node rejected the same envelope before".into(),
+        }
     }
 
     /// Checks, stores and applies a batch of encoded envelopes from one source, and answers
@@ -782,8 +811,7 @@ impl<S: Store> Replica<S> {
         // hash, never the change's: a corrupted copy must not shadow the genuine change.
         let raw_key = Hash(Sha256::digest(&bytes).into());
         if !self.restoring && self.store.is_rejected(None, &raw_key)? {
-            self.stats.duplicates += 1;
-            return Ok((None, None, Outcome::Duplicate));
+            return Ok((None, None, self.refused_again()));
         }
         let envelope = match SignedChange::decode(&bytes, self.opts.limits.max_change_bytes) {
             Ok(e) => e,
@@ -804,9 +832,13 @@ impl<S: Store> Replica<S> {
             }
         };
         let hash = Hash::from(parsed.hash());
-        if self.known(&doc, &hash)? {
-            self.stats.duplicates += 1;
-            return Ok((Some(hash), Some(doc), Outcome::Duplicate));
+        match self.seen(&doc, &hash)? {
+            Seen::Held => {
+                self.stats.duplicates += 1;
+                return Ok((Some(hash), Some(doc), Outcome::Duplicate));
+            }
+            Seen::Refused => return Ok((Some(hash), Some(doc), self.refused_again())),
+            Seen::New => {}
         }
         let verified = match rules::verify_parsed(&envelope, parsed, &self.view()) {
             Ok(v) => v,
@@ -899,6 +931,9 @@ impl<S: Store> Replica<S> {
                         .map(|r| r.envelope)
                         .unwrap_or_default(),
                 };
+                // Evidence travels: both changes go out on gossip, and sync answers carry them.
+                self.publish(other_env.clone());
+                self.publish(w.envelope.clone());
                 self.store.put_evidence(&Evidence {
                     doc: w.doc.clone(),
                     actor,
@@ -1221,10 +1256,19 @@ impl<S: Store> Replica<S> {
             }
         }
         wanted.sort();
-        let mut page = Vec::new();
-        let mut bytes = 0;
+        // Equivocation evidence rides along whenever the digests differ: a node that took one
+        // side of a fork learns of the other however it pulls.
+        let mut page: Vec<Vec<u8>> = self
+            .store
+            .evidence()?
+            .into_iter()
+            .flat_map(|e| e.envelopes)
+            .filter(|e| !e.is_empty())
+            .take(kervan_protocol::sync::MAX_PAGE_CHANGES / 2)
+            .collect();
+        let mut bytes: usize = page.iter().map(Vec::len).sum();
         for (i, (doc, _, hash)) in wanted.iter().enumerate() {
-            if bytes >= max_bytes {
+            if bytes >= max_bytes || page.len() >= kervan_protocol::sync::MAX_PAGE_CHANGES {
                 return Ok((page, i < wanted.len()));
             }
             if let Some(env) = self.store.change(doc, hash)? {

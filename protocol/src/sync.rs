@@ -19,6 +19,8 @@ use crate::ids::{Actor, DocId, Hash};
 pub const PROTOCOL: &str = "/kervan/sync/1";
 /// The most bytes of changes one page carries (the last change may cross it).
 pub const MAX_PAGE_BYTES: usize = 1 << 20;
+/// The most changes one page carries; an answer with more is refused whole.
+pub const MAX_PAGE_CHANGES: usize = 4096;
 /// The largest request a node reads: a summary of some 10,000 actors.
 pub const MAX_REQUEST_BYTES: usize = 2 << 20;
 /// The largest response a node reads: a full page and its framing.

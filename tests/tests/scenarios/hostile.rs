@@ -127,6 +127,13 @@ fn rejects_forged_signature() {
     let mut env = SignedChange::decode(&genuine, usize::MAX).expect("decode");
     env.sig[10] ^= 0x40;
     assert_refused(&mut fed, 1, env.encode(), "bad_signature");
+    // Sent again, it is refused again, not waved through as a duplicate.
+    let again = fed
+        .park(1)
+        .replica()
+        .ingest(vec![env.encode()], "peer")
+        .expect("ingest");
+    assert_eq!(rejected_code(only(&again)), "already_rejected");
     // The corrupted copy came first; the genuine change is still accepted when it arrives.
     let reports = fed
         .park(1)

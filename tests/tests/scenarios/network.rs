@@ -452,3 +452,40 @@ async fn a_hostile_member_over_sync_is_rejected_penalised_and_cut_off() {
     net.converged(CONVERGE).await;
     net.shutdown().await;
 }
+
+/// One park holds both sides of a fork (the evidence), another only the first side. After the
+/// partition heals, the evidence reaches the other park through anti-entropy, which takes back
+/// its acceptance: the two end with the same digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equivocation_evidence_reaches_a_park_that_took_one_side() {
+    let mut net = TestNet::new(3);
+    net.start_node(0).await;
+    net.start_node(1).await;
+    net.converged(CONVERGE).await;
+    let (e1, e2) = equivocating_pair(&net, 2);
+    net.partition(&[0], &[1]).await;
+    let ingest = |i: usize, envs: Vec<Vec<u8>>| {
+        let node = net.node(i);
+        async move {
+            node.replica
+                .call(move |r| r.ingest(envs, "test"))
+                .await
+                .expect("runs")
+                .expect("ingest")
+        }
+    };
+    ingest(1, vec![e1.clone(), e2]).await;
+    ingest(0, vec![e1]).await;
+    assert_ne!(net.digest(0).await, net.digest(1).await);
+    net.heal().await;
+    net.converged(CONVERGE).await;
+    let evidence = net
+        .node(0)
+        .replica
+        .call(|r| r.store().evidence().map(|e| e.len()))
+        .await
+        .expect("runs")
+        .expect("evidence");
+    assert_eq!(evidence, 1);
+    net.shutdown().await;
+}
