@@ -566,6 +566,11 @@ impl<S: Store> Replica<S> {
             restoring: false,
         };
         replica.load(true)?;
+        // A node killed without its final snapshot judged its whole tail again just now:
+        // snapshot, so the next start does not do it again.
+        if replica.docs.values().any(|d| d.since_snapshot > 0) {
+            replica.snapshot_all()?;
+        }
         Ok(replica)
     }
 

@@ -1,5 +1,6 @@
 //! Tests of real `kervan` processes, linked into one binary.
 
 mod api;
+mod crash;
 mod federation;
 mod harness;
