@@ -428,12 +428,18 @@ async fn a_hostile_member_over_sync_is_rejected_penalised_and_cut_off() {
             .await
             .expect("runs");
         let rejected = rejected.expect("rejected");
-        for code in ["writes_another_park", "bad_signature", "equivocation"] {
+        for code in ["writes_another_park", "bad_signature"] {
             assert!(
                 rejected.iter().any(|r| r.code == code && r.source == id),
-                "park {i} records no {code} from the hostile member: {rejected:?}"
+                "park {i} records no {code} from the hostile member"
             );
         }
+        // The fork may reach a park first from the other honest park, which gossips the
+        // evidence as soon as it holds it.
+        assert!(
+            rejected.iter().any(|r| r.code == "equivocation"),
+            "park {i} records no equivocation"
+        );
         assert_eq!(
             evidence.expect("evidence").len(),
             1,
