@@ -207,9 +207,8 @@ impl DataDir {
 
     /// Opens the store, drawing its epoch the first time.
     pub fn open_store(&self) -> Result<SledStore, DataDirError> {
-        // sled releases its lock from a background thread shortly after the last handle is
-        // dropped: a store closed a moment ago may still be locked, so try again briefly
-        // before calling it in use.
+        // A store closed a moment ago (by a process that is exiting) may still be locked for
+        // a little while: try again for up to 5 s before calling it in use.
         let mut attempts = 0;
         let store = loop {
             match SledStore::open(&self.path("store")) {
@@ -220,7 +219,7 @@ impl DataDir {
                         || io.to_string().contains("could not acquire lock") =>
                 {
                     attempts += 1;
-                    if attempts == 25 {
+                    if attempts == 125 {
                         return Err(DataDirError::InUse(self.root.display().to_string()));
                     }
                     #[allow(clippy::disallowed_methods)]

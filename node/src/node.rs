@@ -82,11 +82,16 @@ fn parse_addrs(items: &[String]) -> Result<Vec<Multiaddr>, NodeError> {
         .collect()
 }
 
+/// Writes a file whole or not at all (a temporary file renamed over it): whoever sees it
+/// exist reads all of it.
 fn write(path: std::path::PathBuf, text: &str) -> Result<(), NodeError> {
-    std::fs::write(&path, text).map_err(|source| NodeError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| NodeError::Io {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// Starts a node of a data directory that has joined a federation.

@@ -585,12 +585,22 @@ impl<S: Store> Replica<S> {
         self.registry = Registry::default();
         self.pending = Pending::default();
         self.index = Index::default();
-        self.slots = self
+        // A slot counts only with its change: a crash between writing the slot and flushing the
+        // change can leave the slot alone, and an orphan slot would make the node's own next
+        // change at that seq look like equivocation.
+        let stored: HashSet<(DocId, Hash)> = self
             .store
-            .slots()?
+            .changes()?
             .into_iter()
-            .map(|(d, a, s, h)| ((d, a, s), h))
+            .map(|(d, h, _)| (d, h))
             .collect();
+        let mut slots = HashMap::new();
+        for (d, a, s, h) in self.store.slots()? {
+            if stored.contains(&(d.clone(), h)) || self.store.is_rejected(Some(&d), &h)? {
+                slots.insert((d, a, s), h);
+            }
+        }
+        self.slots = slots;
         self.frozen.clear();
         self.excluded.clear();
         for e in self.store.evidence()? {

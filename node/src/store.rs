@@ -126,7 +126,9 @@ pub struct SledStore {
 
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open()?;
+        // No background flusher: the replica flushes before it acknowledges or publishes,
+        // and without that thread the lock is released as soon as the store is dropped.
+        let db = sled::Config::new().path(path).flush_every_ms(None).open()?;
         Ok(Self {
             meta: db.open_tree("meta")?,
             changes: db.open_tree("changes")?,

@@ -59,11 +59,25 @@ impl Node {
         let child = Command::new(KERVAN)
             .args(&args)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(
+                std::fs::File::create(dir.join("node.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::inherit()),
+            )
             .spawn()
             .expect("kervan run starts");
         let addr_file = dir.join("api.addr");
-        wait_until("api.addr", Duration::from_secs(30), || addr_file.exists());
+        let log = dir.join("node.log");
+        let started = std::time::Instant::now();
+        while std::fs::read_to_string(&addr_file).map_or(true, |a| a.trim().is_empty()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the node wrote no api.addr in 30 s; its log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let addr = std::fs::read_to_string(&addr_file).expect("api.addr");
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -77,12 +91,22 @@ impl Node {
             token: std::fs::read_to_string(dir.join("api.token")).expect("token"),
             agent,
         };
-        wait_until("health", Duration::from_secs(30), || {
-            node.agent
-                .get(format!("{}/v1/health", node.base))
-                .call()
-                .is_ok_and(|r| r.status() == 200)
-        });
+        let started = std::time::Instant::now();
+        while !node
+            .agent
+            .get(format!("{}/v1/health", node.base))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the node at {} is not healthy after 30 s; its log: {}",
+                node.base,
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(Duration::from_millis(20));
+        }
         node
     }
 
