@@ -142,25 +142,31 @@ fn record_path(kind: &str, id: &str) -> anyhow::Result<String> {
     Ok(format!("/v1/{kind}/{}/{}", encode(park), encode(local)))
 }
 
-fn list_query(a: &ListArgs, cursor: Option<&str>) -> String {
-    let mut q = vec![format!("limit={}", a.limit)];
-    for (k, v) in [
-        ("park", &a.park),
-        ("country", &a.country),
-        ("sector", &a.sector),
-        ("stage", &a.stage),
-        ("kind", &a.kind),
-        ("q", &a.q),
-        ("sort", &a.sort),
-    ] {
+/// A query string: the limit, then every parameter that is set, percent-encoded.
+fn query_string(limit: usize, params: &[(&str, Option<&str>)]) -> String {
+    let mut q = vec![format!("limit={limit}")];
+    for (k, v) in params {
         if let Some(v) = v {
             q.push(format!("{k}={}", encode(v)));
         }
     }
-    if let Some(c) = cursor {
-        q.push(format!("cursor={}", encode(c)));
-    }
     q.join("&")
+}
+
+fn list_query(a: &ListArgs, cursor: Option<&str>) -> String {
+    query_string(
+        a.limit,
+        &[
+            ("park", a.park.as_deref()),
+            ("country", a.country.as_deref()),
+            ("sector", a.sector.as_deref()),
+            ("stage", a.stage.as_deref()),
+            ("kind", a.kind.as_deref()),
+            ("q", a.q.as_deref()),
+            ("sort", a.sort.as_deref()),
+            ("cursor", cursor),
+        ],
+    )
 }
 
 pub(crate) fn records(c: &Client, kind: &str, cmd: RecordCommand) -> anyhow::Result<ExitCode> {
@@ -333,22 +339,16 @@ pub(crate) fn applications(c: &Client, cmd: ApplicationCommand) -> anyhow::Resul
             limit,
             json,
         } => {
-            let mut q = vec![format!("limit={limit}")];
-            for (k, v) in [
-                ("park", park),
-                ("program", program),
-                ("host", host),
-                ("status", status),
-            ] {
-                if let Some(v) = v {
-                    q.push(format!("{k}={}", encode(&v)));
-                }
-            }
-            let page = c.json(
-                "GET",
-                &format!("/v1/applications?{}", q.join("&")),
-                Body::None,
-            )?;
+            let q = query_string(
+                limit,
+                &[
+                    ("park", park.as_deref()),
+                    ("program", program.as_deref()),
+                    ("host", host.as_deref()),
+                    ("status", status.as_deref()),
+                ],
+            );
+            let page = c.json("GET", &format!("/v1/applications?{q}"), Body::None)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&page)?);
             } else {
@@ -434,17 +434,15 @@ pub(crate) fn audit_log(
     limit: usize,
     json_out: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut q = vec![format!("limit={limit}")];
-    for (k, v) in [("doc", doc), ("park", park), ("record", record)] {
-        if let Some(v) = v {
-            q.push(format!("{k}={}", encode(&v)));
-        }
-    }
-    let page = c.json(
-        "GET",
-        &format!("/v1/audit/changes?{}", q.join("&")),
-        Body::None,
-    )?;
+    let q = query_string(
+        limit,
+        &[
+            ("doc", doc.as_deref()),
+            ("park", park.as_deref()),
+            ("record", record.as_deref()),
+        ],
+    );
+    let page = c.json("GET", &format!("/v1/audit/changes?{q}"), Body::None)?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&page)?);
         return Ok(ExitCode::SUCCESS);
