@@ -60,6 +60,10 @@ pub enum DataDirError {
     #[error("invalid park card: {0}")]
     Card(String),
     #[error(
+        "the store in {path} is damaged ({why}); stop the node and run `kervan repair`: it keeps the damaged store aside, rebuilds the store from every signed change it can still read, and the node fetches the rest from its peers"
+    )]
+    Damaged { path: String, why: String },
+    #[error(
         "{0} is in use by another kervan process (a running node: stop it, or use the commands that talk to it)"
     )]
     InUse(String),
@@ -225,7 +229,7 @@ impl DataDir {
                     #[allow(clippy::disallowed_methods)]
                     std::thread::sleep(std::time::Duration::from_millis(40));
                 }
-                Err(other) => return Err(other.into()),
+                Err(other) => return Err(self.damaged(other.into())),
             }
         };
         if store.meta("epoch")?.is_none() {
@@ -255,6 +259,7 @@ impl DataDir {
         Options {
             limits: kervan_protocol::Limits::default(),
             max_pending: config.store.max_pending,
+            max_pending_bytes: Options::default().max_pending_bytes,
             snapshot_every: config.store.snapshot_every,
         }
     }
@@ -342,13 +347,109 @@ impl DataDir {
             });
         }
         let identity = self.identity(&config, &store)?;
-        Ok(Replica::open(
-            store,
-            pinned,
-            Some(identity),
-            Self::options(&config),
-        )?)
+        Replica::open(store, pinned, Some(identity), Self::options(&config))
+            .map_err(|e| self.damaged(e.into()))
     }
+
+    /// Turns an error that means the store's files are damaged into [`DataDirError::Damaged`].
+    fn damaged(&self, e: DataDirError) -> DataDirError {
+        let why = match &e {
+            DataDirError::Store(s) | DataDirError::Replica(ReplicaError::Store(s)) => match s {
+                StoreError::Corrupt { .. }
+                | StoreError::Damaged(_)
+                | StoreError::Sled(sled::Error::Corruption { .. }) => s.to_string(),
+                StoreError::Sled(sled::Error::ReportableBug(b)) => format!("sled: {b}"),
+                StoreError::Sled(_) => return e,
+            },
+            DataDirError::Replica(r @ ReplicaError::Snapshot { .. }) => r.to_string(),
+            _ => return e,
+        };
+        DataDirError::Damaged {
+            path: self.path("store").display().to_string(),
+            why,
+        }
+    }
+
+    /// Rebuilds a damaged store: moves it aside (nothing is deleted), creates a new store
+    /// (a new epoch, so this device never reuses a seq it may have published before),
+    /// joins the federation again from `genesis.kvn` and applies every signed change that can
+    /// still be read from the old store, each checked as if a peer had sent it. The node
+    /// fetches whatever is missing from its peers once it runs.
+    pub fn repair(&self, force: bool) -> Result<Repaired, DataDirError> {
+        let store_path = self.path("store");
+        let genesis_path = self.path("genesis.kvn");
+        let genesis = fs::read(&genesis_path).map_err(|_| DataDirError::NotJoined)?;
+        if !force {
+            match self.open_replica() {
+                Ok(r) => {
+                    let report = r.verify_all()?;
+                    if report.failed.is_empty() {
+                        return Ok(Repaired {
+                            needed: false,
+                            ..Repaired::default()
+                        });
+                    }
+                }
+                Err(DataDirError::Damaged { .. }) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        // The store must not be open elsewhere: a running node would keep writing to it.
+        if let Err(sled::Error::Io(io)) = sled::Config::new()
+            .path(&store_path)
+            .flush_every_ms(None)
+            .open()
+            .map(drop)
+            && io.to_string().contains("could not acquire lock")
+        {
+            return Err(DataDirError::InUse(self.root.display().to_string()));
+        }
+        let salvage = SledStore::salvage(&store_path);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = self.path(&format!("store.damaged-{stamp}"));
+        if store_path.exists() {
+            fs::rename(&store_path, &aside).map_err(io(&store_path))?;
+        }
+        self.join(&genesis)?;
+        let mut replica = self.open_replica()?;
+        let reports = replica.ingest_salvaged(salvage.envelopes)?;
+        replica.snapshot_all()?;
+        replica.store().flush()?;
+        let mut out = Repaired {
+            needed: true,
+            aside: Some(aside.display().to_string()),
+            problems: salvage.problems,
+            ..Repaired::default()
+        };
+        for r in &reports {
+            match r.outcome {
+                crate::Outcome::Accepted => out.recovered += 1,
+                crate::Outcome::Duplicate => {}
+                crate::Outcome::Pending { .. } => out.pending += 1,
+                crate::Outcome::Rejected { .. } => out.refused += 1,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What `kervan repair` did.
+#[derive(Debug, Default, Clone)]
+pub struct Repaired {
+    /// False when the store was sound and nothing was done.
+    pub needed: bool,
+    /// Where the damaged store was moved.
+    pub aside: Option<String>,
+    /// Signed changes read back from the damaged store and applied.
+    pub recovered: usize,
+    /// Read back but still waiting for changes only peers hold.
+    pub pending: usize,
+    /// Read back but refused by the rules (damaged beyond their signature).
+    pub refused: usize,
+    /// What could not be read.
+    pub problems: Vec<String>,
 }
 
 fn this_year() -> i64 {

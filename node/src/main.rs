@@ -80,6 +80,13 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Rebuild a damaged store from the signed changes it still holds; peers send the rest.
+    /// The damaged store is kept aside, never deleted. The node must be stopped.
+    Repair {
+        /// Rebuild even if the store opens and verifies cleanly.
+        #[arg(long)]
+        force: bool,
+    },
     /// Exit 0 if this data directory's node answers `/v1/health` (for container health checks).
     Health,
     /// Run the node: open the store, join the network, serve the API until SIGINT or SIGTERM.
@@ -377,6 +384,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => init(&dir, args),
         Command::Genesis(args) => genesis(args),
         Command::Join { genesis } => join(&dir, &genesis),
+        Command::Repair { force } => repair(&dir, force),
         Command::Export { out, since } => match commands::running(&dir) {
             Some(c) => commands::export(&c, &out, since.as_deref()),
             None => export(&dir, &out, since.as_deref()),
@@ -555,6 +563,31 @@ fn join(dir: &DataDir, genesis: &Path) -> anyhow::Result<ExitCode> {
             dir.path("card.json").display()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn repair(dir: &DataDir, force: bool) -> anyhow::Result<ExitCode> {
+    if commands::running(dir).is_some() {
+        bail!("the node of this data directory is running: stop it before repairing its store");
+    }
+    let r = dir.repair(force)?;
+    if !r.needed {
+        println!(
+            "the store opens and every stored change verifies: nothing to repair (--force rebuilds anyway)"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &r.problems {
+        println!("unreadable: {p}");
+    }
+    if let Some(aside) = &r.aside {
+        println!("the damaged store is kept at {aside}");
+    }
+    println!(
+        "rebuilt the store: {} signed changes recovered, {} waiting for changes the peers hold, {} refused",
+        r.recovered, r.pending, r.refused
+    );
+    println!("start the node: it fetches everything else from its peers");
     Ok(ExitCode::SUCCESS)
 }
 

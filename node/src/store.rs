@@ -22,6 +22,9 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("store record {what} is corrupt: {why}")]
     Corrupt { what: String, why: String },
+    /// sled's files are damaged: they do not open, or hold less than was flushed.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 /// A change refused for good, kept with its reason and never requested again.
@@ -122,16 +125,90 @@ pub struct SledStore {
     evidence: sled::Tree,
     frozen_keys: sled::Tree,
     snapshots: sled::Tree,
+    seal: std::sync::Arc<Seal>,
+}
+
+/// The store's seal: a small file beside sled's, rewritten after every flush, holding how many
+/// signed changes the store held when it was flushed. sled recovers a log that was truncated or
+/// overwritten by quietly dropping everything after the first bad checksum, which would make
+/// a damaged store open as an older one — and a node that lost its own published changes would
+/// sign new ones with the same seqs. A store holding fewer changes than its seal says is
+/// damaged. The seal is written after sled's flush and is not itself synced, so after a crash
+/// it may lag the store, never lead it.
+#[derive(Debug)]
+struct Seal {
+    path: std::path::PathBuf,
+    changes: std::sync::atomic::AtomicU64,
+    /// What the file says.
+    written: std::sync::atomic::AtomicU64,
+}
+
+/// The seal's file name inside the store directory.
+const SEAL_FILE: &str = "kervan.seal";
+
+impl Seal {
+    fn write(&self, n: u64) -> Result<(), StoreError> {
+        if self.written.swap(n, std::sync::atomic::Ordering::SeqCst) == n {
+            return Ok(());
+        }
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{n}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &self.path))
+            .map_err(|e| StoreError::Corrupt {
+                what: self.path.display().to_string(),
+                why: format!("cannot write the seal: {e}"),
+            })
+    }
 }
 
 impl SledStore {
+    /// Opens the store at `path`, refusing it if it holds fewer changes than its seal says.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let store = Self::open_unsealed(path)?;
+        let sealed = std::fs::read_to_string(&store.seal.path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        let held = store.seal.changes.load(std::sync::atomic::Ordering::SeqCst);
+        store
+            .seal
+            .written
+            .store(sealed.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
+        if let Some(sealed) = sealed.filter(|s| *s > held) {
+            return Err(StoreError::Damaged(format!(
+                "{sealed} signed changes were stored and flushed, only {held} are left: \
+                 its files were truncated or overwritten"
+            )));
+        }
+        Ok(store)
+    }
+
+    /// Opens the store without looking at its seal: to read what is left of a damaged one.
+    fn open_unsealed(path: &Path) -> Result<Self, StoreError> {
         // No background flusher: the replica flushes before it acknowledges or publishes,
         // and without that thread the lock is released as soon as the store is dropped.
-        let db = sled::Config::new().path(path).flush_every_ms(None).open()?;
+        // sled panics on some damage it finds while recovering its files: that is a damaged
+        // store to report, not a crash.
+        let opened =
+            std::panic::catch_unwind(|| sled::Config::new().path(path).flush_every_ms(None).open());
+        let db = match opened {
+            Ok(db) => db?,
+            Err(panic) => {
+                return Err(StoreError::Damaged(format!(
+                    "its files do not open: {}",
+                    panic_text(&*panic)
+                )));
+            }
+        };
+        let changes = db.open_tree("changes")?;
+        let seal = std::sync::Arc::new(Seal {
+            path: path.join(SEAL_FILE),
+            changes: std::sync::atomic::AtomicU64::new(changes.len() as u64),
+            written: std::sync::atomic::AtomicU64::new(0),
+        });
         Ok(Self {
             meta: db.open_tree("meta")?,
-            changes: db.open_tree("changes")?,
+            changes,
+            seal,
             by_actor: db.open_tree("by_actor")?,
             rejected: db.open_tree("rejected")?,
             evidence: db.open_tree("evidence")?,
@@ -139,6 +216,68 @@ impl SledStore {
             snapshots: db.open_tree("snapshots")?,
             db,
         })
+    }
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// What could still be read from a damaged store.
+#[derive(Debug, Default)]
+pub struct Salvage {
+    /// Envelopes of stored changes that decode (their signatures are checked when applied).
+    pub envelopes: Vec<Vec<u8>>,
+    /// What could not be read, in words.
+    pub problems: Vec<String>,
+}
+
+impl SledStore {
+    /// Reads every stored change that can still be read from the store at `path`, without
+    /// trusting anything else in it. Never fails: what cannot be read is listed instead.
+    pub fn salvage(path: &Path) -> Salvage {
+        let mut out = Salvage::default();
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let store = Self::open_unsealed(path).map_err(|e| e.to_string())?;
+            let mut problems = Vec::new();
+            let mut envelopes = Vec::new();
+            for kv in store.changes.iter() {
+                match kv {
+                    Ok((k, v)) => match (
+                        parse_doc_key(&k),
+                        kervan_protocol::SignedChange::decode(&v, usize::MAX),
+                    ) {
+                        (Some((doc, _)), Ok(e)) if e.doc == doc => envelopes.push(v.to_vec()),
+                        (key, decoded) => problems.push(format!(
+                            "skipped an unreadable change ({}, {})",
+                            key.map_or_else(|| "bad key".into(), |(d, h)| format!("{d}/{h}")),
+                            decoded.map_or_else(|e| e.to_string(), |_| "wrong document".into())
+                        )),
+                    },
+                    Err(e) => {
+                        problems.push(format!("reading stopped: {e}"));
+                        break;
+                    }
+                }
+            }
+            Ok::<_, String>((envelopes, problems))
+        }));
+        match read {
+            Ok(Ok((envelopes, problems))) => {
+                out.envelopes = envelopes;
+                out.problems = problems;
+            }
+            Ok(Err(e)) => out.problems.push(format!("the store does not open: {e}")),
+            Err(panic) => out
+                .problems
+                .push(format!("reading the store failed: {}", panic_text(&*panic))),
+        }
+        out
     }
 }
 
@@ -211,7 +350,15 @@ impl Store for SledStore {
     }
 
     fn put_change(&self, doc: &DocId, hash: &Hash, envelope: &[u8]) -> Result<(), StoreError> {
-        self.changes.insert(doc_key(Some(doc), hash), envelope)?;
+        if self
+            .changes
+            .insert(doc_key(Some(doc), hash), envelope)?
+            .is_none()
+        {
+            self.seal
+                .changes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         Ok(())
     }
 
@@ -223,7 +370,11 @@ impl Store for SledStore {
     }
 
     fn remove_change(&self, doc: &DocId, hash: &Hash) -> Result<(), StoreError> {
-        self.changes.remove(doc_key(Some(doc), hash))?;
+        if self.changes.remove(doc_key(Some(doc), hash))?.is_some() {
+            self.seal
+                .changes
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
         Ok(())
     }
 
@@ -242,7 +393,7 @@ impl Store for SledStore {
     }
 
     fn change_count(&self) -> usize {
-        self.changes.len()
+        self.seal.changes.load(std::sync::atomic::Ordering::SeqCst) as usize
     }
 
     fn put_slot(
@@ -335,8 +486,14 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        // The seal must never say more than the files hold: a count that went down (a change
+        // dropped) is written before the flush, one that went up after it.
+        let n = self.seal.changes.load(std::sync::atomic::Ordering::SeqCst);
+        if n < self.seal.written.load(std::sync::atomic::Ordering::SeqCst) {
+            self.seal.write(n)?;
+        }
         self.db.flush()?;
-        Ok(())
+        self.seal.write(n)
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
