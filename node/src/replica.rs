@@ -84,6 +84,9 @@ pub struct Options {
     pub limits: Limits,
     /// Changes kept while they wait; the oldest is dropped beyond this (sync fetches it again).
     pub max_pending: usize,
+    /// Envelope bytes kept while they wait; the oldest is dropped beyond this, so a member
+    /// flooding changes that can never apply holds a bounded amount of memory.
+    pub max_pending_bytes: usize,
     /// A document is snapshotted after this many accepted changes.
     pub snapshot_every: usize,
 }
@@ -93,6 +96,7 @@ impl Default for Options {
         Self {
             limits: Limits::default(),
             max_pending: 10_000,
+            max_pending_bytes: 64 << 20,
             snapshot_every: 1_000,
         }
     }
@@ -309,6 +313,8 @@ struct Pending {
     by_ticket: BTreeMap<u64, PendingKey>,
     waits: HashMap<Wait, Vec<PendingKey>>,
     next: u64,
+    /// Envelope bytes held.
+    bytes: usize,
 }
 
 impl Pending {
@@ -332,8 +338,9 @@ impl Pending {
         }
         let ticket = self.next;
         self.next += 1;
+        self.bytes += envelope.len();
         self.by_ticket.insert(ticket, key.clone());
-        self.items.insert(
+        let replaced = self.items.insert(
             key,
             Waiting {
                 verified,
@@ -343,11 +350,17 @@ impl Pending {
                 waits,
             },
         );
+        if let Some(old) = replaced {
+            // The same change again: the newer copy stands in for the older one.
+            self.bytes -= old.envelope.len();
+            self.by_ticket.remove(&old.ticket);
+        }
     }
 
     /// Removes a change and every index entry that names it.
     fn take(&mut self, key: &PendingKey) -> Option<Waiting> {
         let w = self.items.remove(key)?;
+        self.bytes -= w.envelope.len();
         self.by_ticket.remove(&w.ticket);
         for wait in &w.waits {
             if let Some(list) = self.waits.get_mut(wait) {
@@ -588,12 +601,29 @@ impl<S: Store> Replica<S> {
         // A slot counts only with its change: a crash between writing the slot and flushing the
         // change can leave the slot alone, and an orphan slot would make the node's own next
         // change at that seq look like equivocation.
-        let stored: HashSet<(DocId, Hash)> = self
-            .store
-            .changes()?
-            .into_iter()
-            .map(|(d, h, _)| (d, h))
-            .collect();
+        let mut stored: HashSet<(DocId, Hash)> = HashSet::new();
+        for (d, h, env) in self.store.changes()? {
+            // A cheap look at every stored change, so a store damaged under a snapshot is
+            // noticed at start and not when its change is next served to a peer.
+            match SignedChange::decode(&env, usize::MAX) {
+                Ok(e) if e.doc == d => {}
+                Ok(e) => {
+                    return Err(StoreError::Corrupt {
+                        what: format!("changes/{d}/{h}"),
+                        why: format!("stored under {d} but signed for {}", e.doc),
+                    }
+                    .into());
+                }
+                Err(e) => {
+                    return Err(StoreError::Corrupt {
+                        what: format!("changes/{d}/{h}"),
+                        why: format!("not a signed change: {e}"),
+                    }
+                    .into());
+                }
+            }
+            stored.insert((d, h));
+        }
         let mut slots = HashMap::new();
         for (d, a, s, h) in self.store.slots()? {
             if stored.contains(&(d.clone(), h)) || self.store.is_rejected(Some(&d), &h)? {
@@ -716,6 +746,23 @@ impl<S: Store> Replica<S> {
         source: &str,
     ) -> Result<Vec<Report>, ReplicaError> {
         self.ingest_inner(envelopes, source)
+    }
+
+    /// Applies changes read back from this node's own damaged store (`kervan repair`): each is
+    /// judged as if a peer had sent it, and the pending queue holds them all while they sort
+    /// themselves into causal order, whatever order the store gave them in.
+    pub fn ingest_salvaged(
+        &mut self,
+        envelopes: Vec<Vec<u8>>,
+    ) -> Result<Vec<Report>, ReplicaError> {
+        let opts = self.opts;
+        self.opts.max_pending = usize::MAX;
+        self.opts.max_pending_bytes = usize::MAX;
+        let result = self.ingest_inner(envelopes, "repair");
+        self.opts = opts;
+        let reports = result?;
+        self.bound_pending()?;
+        Ok(reports)
     }
 
     fn ingest_inner(
@@ -1038,7 +1085,9 @@ impl<S: Store> Replica<S> {
         if self.restoring {
             return Ok(());
         }
-        while self.pending.len() > self.opts.max_pending {
+        while self.pending.len() > self.opts.max_pending
+            || self.pending.bytes > self.opts.max_pending_bytes
+        {
             let Some(((doc, hash), _)) = self.pending.oldest() else {
                 break;
             };
@@ -1200,6 +1249,11 @@ impl<S: Store> Replica<S> {
 
     pub fn pending_count(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Envelope bytes of the changes that wait.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.bytes
     }
 
     pub fn accepted_count(&self) -> usize {
