@@ -39,6 +39,9 @@ where
 pub struct TestNet {
     pub fed: Federation,
     pub nodes: Vec<Option<RunningNode>>,
+    /// Addresses of nodes outside this process (child processes) that nodes started here
+    /// also dial.
+    pub extra_bootstrap: Vec<Multiaddr>,
 }
 
 impl std::fmt::Debug for TestNet {
@@ -56,7 +59,11 @@ impl TestNet {
             c.network.sync_interval = SYNC_INTERVAL;
         });
         let nodes = (0..n).map(|_| None).collect();
-        Self { fed, nodes }
+        Self {
+            fed,
+            nodes,
+            extra_bootstrap: Vec::new(),
+        }
     }
 
     /// `n` parks, all running.
@@ -74,6 +81,7 @@ impl TestNet {
             .iter()
             .flatten()
             .flat_map(|n| n.p2p_addrs.clone())
+            .chain(self.extra_bootstrap.iter().cloned())
             .collect()
     }
 

@@ -776,3 +776,60 @@ fn a_device_registered_for_two_parks_is_frozen_everywhere() {
             .all(|(_, actor, _, _)| actor.key != rogue.device())
     );
 }
+
+/// A member withholding the first of a long run of its changes: the rest wait, the queue keeps
+/// within its count and byte bounds by dropping the oldest, and once the withheld change and
+/// the dropped ones arrive again (as anti-entropy sends them) everything applies.
+#[test]
+fn withheld_dependencies_keep_the_pending_queue_within_its_bounds() {
+    let mut fed = federation();
+    let doc = ledger(&fed.parks[0]);
+    let mut f = forger(&mut fed, 0, doc, 0);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let opts = kervan_node::Options {
+        max_pending: 1_000,
+        max_pending_bytes: 16 << 10,
+        ..kervan_node::Options::default()
+    };
+    let store = kervan_node::SledStore::open(tmp.path()).expect("store");
+    let mut r = kervan_node::Replica::open(store, fed.id, None, opts).expect("open");
+    let known = fed.park(0).export();
+    r.import(&known, "peer").expect("import");
+    let startups = f.obj(&["startups"]);
+    let mut sample = Sample::new(4);
+    let mut envelopes = Vec::new();
+    for i in 0..200 {
+        let value = kervan_protocol::records::record_to_automerge(
+            kervan_protocol::records::STARTUP_FIELDS,
+            sample.startup("KZ").as_object().expect("object"),
+        );
+        let mut c = f.change(|d| {
+            d.batch_create_object(&startups, format!("kz-astana-hub/run-{i}"), &value, false)
+                .expect("create");
+        });
+        envelopes.push(f.sign(&mut c));
+    }
+    let withheld = envelopes[0].clone();
+    let mut peak = 0;
+    for e in &envelopes[1..] {
+        let reports = r.ingest(vec![e.clone()], "peer").expect("ingest");
+        assert!(
+            matches!(only(&reports), Outcome::Pending { .. }),
+            "{reports:?}"
+        );
+        peak = peak.max(r.pending_bytes());
+    }
+    assert!(peak <= 16 << 10, "pending held {peak} bytes");
+    assert!(r.pending_count() < 199, "nothing was dropped");
+    assert!(r.stats().pending_dropped > 0);
+    // The withheld change, then everything again.
+    let reports = r.ingest(vec![withheld], "peer").expect("ingest");
+    assert_eq!(only(&reports), &Outcome::Accepted);
+    r.ingest(envelopes, "peer").expect("ingest");
+    assert_eq!(r.pending_count(), 0);
+    assert_eq!(r.pending_bytes(), 0);
+    for i in 0..200 {
+        let id = format!("kz-astana-hub/run-{i}").parse().expect("id");
+        assert!(r.index().startup(&id).is_some(), "run-{i} missing");
+    }
+}
