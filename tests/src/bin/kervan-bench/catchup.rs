@@ -1,0 +1,319 @@
+//! Catch-up: a fresh park brought up to date, and a park reconnecting after a gap, against
+//! Automerge's own sync protocol between documents holding the same changes.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure};
+use automerge::Automerge;
+use automerge::sync::{Message, State, SyncDoc};
+use kervan_node::{DataDir, Replica, SledStore};
+use kervan_protocol::DocId;
+use kervan_protocol::sync::{MAX_PAGE_BYTES, Request, Response};
+
+use crate::data::{Dataset, Stage, by_doc, ingest_all};
+use crate::report::{Figure, Report, Target};
+use crate::stats::median;
+use crate::{Plan, nodes, wire};
+
+/// What one sync session cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Cost {
+    pub(crate) bytes: usize,
+    pub(crate) round_trips: usize,
+    pub(crate) secs: f64,
+}
+
+/// One Automerge sync session between `a` (ahead) and `b`, `b` speaking first; a round trip is
+/// a message of `b` answered by `a`.
+fn am_session(
+    a: &mut Automerge,
+    b: &mut Automerge,
+    sa: &mut State,
+    sb: &mut State,
+) -> anyhow::Result<Cost> {
+    let started = Instant::now();
+    let mut cost = Cost::default();
+    for _ in 0..1000 {
+        let mut spoke = false;
+        if let Some(m) = b.generate_sync_message(sb) {
+            let bytes = m.encode();
+            cost.bytes += bytes.len();
+            a.receive_sync_message(sa, Message::decode(&bytes)?)?;
+            spoke = true;
+        }
+        let mut answered = false;
+        if let Some(m) = a.generate_sync_message(sa) {
+            let bytes = m.encode();
+            cost.bytes += bytes.len();
+            b.receive_sync_message(sb, Message::decode(&bytes)?)?;
+            answered = true;
+        }
+        if answered {
+            cost.round_trips += 1;
+        }
+        if !spoke && !answered {
+            cost.secs = started.elapsed().as_secs_f64();
+            return Ok(cost);
+        }
+    }
+    bail!("automerge sync did not settle in 1000 rounds")
+}
+
+type Docs = BTreeMap<DocId, Automerge>;
+type States = BTreeMap<DocId, (State, State)>;
+
+/// One session per document, summed (bytes, time) or the longest (round trips): the documents
+/// could sync side by side over one connection.
+fn am_sync(a: &mut Docs, b: &mut Docs, states: Option<&mut States>) -> anyhow::Result<Cost> {
+    let mut fresh = States::new();
+    let states = states.unwrap_or(&mut fresh);
+    let mut total = Cost::default();
+    for (doc, da) in a.iter_mut() {
+        let db = b.entry(doc.clone()).or_default();
+        let (sa, sb) = states.entry(doc.clone()).or_default();
+        let c = am_session(da, db, sa, sb)?;
+        total.bytes += c.bytes;
+        total.secs += c.secs;
+        total.round_trips = total.round_trips.max(c.round_trips);
+    }
+    for (doc, da) in a.iter() {
+        ensure!(
+            b.get(doc)
+                .is_some_and(|db| db.get_heads() == da.get_heads()),
+            "automerge sync left {doc} behind"
+        );
+    }
+    Ok(total)
+}
+
+/// Kervan's anti-entropy between two replicas in memory, as the net actor runs it: pull with
+/// the summary, ingest the page, pull again while `more`. Bytes are the messages as the node's
+/// cbor codec writes them.
+fn pull(src: &Replica<SledStore>, req: &mut Replica<SledStore>) -> anyhow::Result<Cost> {
+    let started = Instant::now();
+    let mut cost = Cost::default();
+    loop {
+        let summary = req.sync_summary();
+        cost.bytes += wire::request_bytes(Request::Pull(summary.clone()));
+        cost.round_trips += 1;
+        if src.digest() == summary.digest {
+            cost.bytes += wire::response_bytes(Response::UpToDate { peers: Vec::new() });
+            break;
+        }
+        let (changes, more) = src.sync_page(&summary, MAX_PAGE_BYTES)?;
+        cost.bytes += wire::response_bytes(Response::Changes {
+            changes: changes.clone(),
+            more,
+            peers: Vec::new(),
+        });
+        req.ingest(changes, "12D3KooWpeer")?;
+        if !more {
+            break;
+        }
+        ensure!(cost.round_trips < 10_000, "sync does not end");
+    }
+    cost.secs = started.elapsed().as_secs_f64();
+    ensure!(src.digest() == req.digest(), "digests differ after sync");
+    Ok(cost)
+}
+
+fn open(dir: &std::path::Path) -> anyhow::Result<Replica<SledStore>> {
+    Ok(DataDir::new(dir).open_replica()?)
+}
+
+/// A fresh park catching up with a node that holds the registry, over loopback through a
+/// counting proxy: (seconds until the digests are equal, bytes both ways).
+async fn fresh_over_network(ds: &Dataset, stage: &Stage, rep: usize) -> anyhow::Result<(f64, u64)> {
+    let src_dir = ds.copy(&stage.dir, &format!("catchup-src-{rep}"))?;
+    let fresh_dir = ds.copy(&ds.fresh, &format!("catchup-fresh-{rep}"))?;
+    let interval = Duration::from_secs(60);
+    let src = nodes::start(&src_dir, Vec::new(), interval).await?;
+    let target = src.replica.call(|r| r.digest()).await?;
+    let proxy = wire::Proxy::start(nodes::tcp_addr(&src)?).await?;
+    let bootstrap = nodes::p2p_addr(proxy.addr, src.peer_id)?;
+    let started = Instant::now();
+    let fresh = nodes::start(&fresh_dir, vec![bootstrap], interval).await?;
+    let secs = loop {
+        let (digest, at) = fresh.replica.call(|r| (r.digest(), Instant::now())).await?;
+        if digest == target {
+            break at.duration_since(started).as_secs_f64();
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the fresh park did not catch up in 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let bytes = proxy.bytes();
+    fresh.stop().await?;
+    src.stop().await?;
+    drop(proxy);
+    std::fs::remove_dir_all(&src_dir)?;
+    std::fs::remove_dir_all(&fresh_dir)?;
+    Ok((secs, bytes))
+}
+
+/// Catch-up of a fresh park with the small registry.
+pub(crate) fn fresh(
+    ds: &Dataset,
+    plan: &Plan,
+    rt: &tokio::runtime::Runtime,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    const S: &str = "catch-up";
+    let stage = ds.stage(plan.small)?;
+    let label = format!("fresh park, {}k", plan.small / 1000);
+    // Kervan in memory: the protocol's own messages, and their round trips.
+    let mut mem = Vec::new();
+    let mut am = Vec::new();
+    let mut net = Vec::new();
+    for rep in 0..plan.reps {
+        let src_dir = ds.copy(&stage.dir, "catchup-mem-src")?;
+        let req_dir = ds.copy(&ds.fresh, "catchup-mem-req")?;
+        let src = open(&src_dir)?;
+        let mut req = open(&req_dir)?;
+        let section = crate::profile::section("catch-up");
+        mem.push(pull(&src, &mut req)?);
+        drop(section);
+        drop((src, req));
+        let mut a = stage.docs.load()?;
+        let mut b = Docs::new();
+        am.push(am_sync(&mut a, &mut b, None)?);
+        net.push(rt.block_on(fresh_over_network(ds, stage, rep))?);
+        eprintln!(
+            "  rep {rep}: kervan {:.2} s over loopback, {} B on the wire; automerge {:.2} s",
+            net[rep].0, net[rep].1, am[rep].secs
+        );
+    }
+    let am_bytes = am[0].bytes as f64;
+    let am_time = median(&am.iter().map(|c| c.secs).collect::<Vec<_>>());
+    let net_time = median(&net.iter().map(|c| c.0).collect::<Vec<_>>());
+    let net_bytes = median(&net.iter().map(|c| c.1 as f64).collect::<Vec<_>>());
+    let mem_time = median(&mem.iter().map(|c| c.secs).collect::<Vec<_>>());
+    report.push(
+        Figure::new(
+            S,
+            format!("{label}: bytes on the wire (loopback TCP, all protocols)"),
+            net_bytes,
+            "B",
+        )
+        .against("automerge sync messages", am_bytes)
+        .target(Target::RatioAtMost(1.1), "<= 1.1x"),
+    );
+    report.push(
+        Figure::new(
+            S,
+            format!("{label}: sync messages (cbor, as the codec writes them)"),
+            mem[0].bytes as f64,
+            "B",
+        )
+        .against("automerge sync messages", am_bytes)
+        .target(Target::RatioAtMost(1.1), "<= 1.1x"),
+    );
+    report.push(
+        Figure::new(
+            S,
+            format!("{label}: round trips"),
+            mem[0].round_trips as f64,
+            "",
+        )
+        .against("automerge sync", am[0].round_trips as f64),
+    );
+    report.push(
+        Figure::new(
+            S,
+            format!("{label}: time until digests equal (2 nodes, loopback)"),
+            net_time,
+            "s",
+        )
+        .against("automerge sync in memory", am_time)
+        .target(Target::RatioAtMost(2.0), "<= 2x"),
+    );
+    report.push(
+        Figure::new(
+            S,
+            format!("{label}: time, replicas in memory (no network)"),
+            mem_time,
+            "s",
+        )
+        .against("automerge sync in memory", am_time),
+    );
+    Ok(())
+}
+
+/// Kervan and Automerge after a reconnect, for each gap, at one registry size. Answers Kervan's
+/// bytes by gap.
+pub(crate) fn reconnect(
+    ds: &Dataset,
+    startups: usize,
+    gaps: &[usize],
+    report: &mut Report,
+) -> anyhow::Result<BTreeMap<usize, usize>> {
+    const S: &str = "reconnect";
+    let stage = ds.stage(startups)?;
+    let label = format!("{}k", startups / 1000);
+    let src_dir = ds.copy(&stage.dir, "reconnect-src")?;
+    let req_dir = ds.copy(&stage.dir, "reconnect-req")?;
+    let mut src = open(&src_dir)?;
+    let mut req = open(&req_dir)?;
+    let mut writer = ds.writer_at(stage, 0, 99)?;
+    let total: usize = gaps.iter().sum();
+    let changes = writer.startups_at(0, total)?;
+    let mut a = stage.docs.load()?;
+    let mut b_fresh = stage.docs.load()?;
+    let mut b_live = stage.docs.load()?;
+    let mut live = States::new();
+    // The live session: in sync before the gap opens.
+    am_sync(&mut a, &mut b_live, Some(&mut live))?;
+    let mut out = BTreeMap::new();
+    let mut offset = 0;
+    for &gap in gaps {
+        let slice = &changes[offset..offset + gap];
+        offset += gap;
+        ingest_all(&mut src, slice, "local")?;
+        let summary = wire::request_bytes(Request::Pull(req.sync_summary()));
+        let section = crate::profile::section("reconnect");
+        let k = pull(&src, &mut req)?;
+        drop(section);
+        for (doc, cs) in by_doc(slice)? {
+            a.get_mut(&doc)
+                .ok_or_else(|| anyhow!("no document {doc}"))?
+                .apply_changes(cs)?;
+        }
+        let fresh = am_sync(&mut a, &mut b_fresh, None)?;
+        let on_live = am_sync(&mut a, &mut b_live, Some(&mut live))?;
+        let name = |what: &str| format!("{label} records, gap {gap}: {what}");
+        let mut f = Figure::new(S, name("bytes"), k.bytes as f64, "B")
+            .against("automerge, fresh sync state", fresh.bytes as f64);
+        if startups >= 100_000 {
+            f = f.target(Target::RatioAtMost(0.05), "<= 0.05x");
+        }
+        report.push(f);
+        report.push(
+            Figure::new(S, name("bytes vs a live session"), k.bytes as f64, "B")
+                .against("automerge, live session", on_live.bytes as f64)
+                .target(
+                    Target::RefPlus(64.0 * gap as f64),
+                    format!("<= ref + {} B", 64 * gap),
+                ),
+        );
+        report.push(
+            Figure::new(S, name("round trips"), k.round_trips as f64, "")
+                .against("automerge, fresh sync state", fresh.round_trips as f64)
+                .target(Target::AtMost(1.0), "1"),
+        );
+        if gap == gaps[0] {
+            report.push(Figure::new(
+                S,
+                format!("{label} records: of which the pull request (summary of every head)"),
+                summary as f64,
+                "B",
+            ));
+        }
+        out.insert(gap, k.bytes);
+    }
+    drop((src, req));
+    std::fs::remove_dir_all(&src_dir)?;
+    std::fs::remove_dir_all(&req_dir)?;
+    Ok(out)
+}
