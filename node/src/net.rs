@@ -32,6 +32,9 @@ pub const OUTBOX_CAPACITY: usize = 1024;
 const PUBLISH_QUEUE: usize = 4096;
 /// Penalising rejections after which a peer is disconnected and banned.
 const BAN_AFTER: u64 = 20;
+/// Offences one sync answer that breaks the protocol (oversized or not the protocol's CBOR)
+/// counts for: no honest node sends one.
+const BAD_ANSWER_OFFENCES: u64 = 5;
 /// How long a ban lasts.
 const BAN_FOR: Duration = Duration::from_secs(300);
 /// Addresses kept per peer (the newest) and passed on per peer.
@@ -550,6 +553,17 @@ impl Net {
                 _ => {}
             }
         }
+        self.ban_if_due(peer)
+    }
+
+    /// Counts `n` offences against a peer that broke the protocol itself.
+    fn offend(&mut self, peer: PeerId, n: u64) -> bool {
+        self.peers.entry(peer).or_default().rejected += n;
+        self.ban_if_due(peer)
+    }
+
+    fn ban_if_due(&mut self, peer: PeerId) -> bool {
+        let p = self.peers.entry(peer).or_default();
         if p.rejected >= BAN_AFTER && p.banned_until.is_none() {
             tracing::warn!(%peer, rejected = p.rejected, "peer banned for sending invalid changes");
             p.banned_until = Some(Instant::now() + BAN_FOR);
@@ -726,8 +740,24 @@ impl Net {
                 }
             },
             request_response::Event::OutboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "sync request failed");
                 self.in_flight.remove(&peer);
+                match error {
+                    // The answer was larger than the protocol allows (cut at the limit, it
+                    // ends early) or not its CBOR. A peer that dies mid-answer resets the
+                    // stream instead, which is no offence.
+                    request_response::OutboundFailure::Io(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::InvalidData
+                                | std::io::ErrorKind::UnexpectedEof
+                                | std::io::ErrorKind::Unsupported
+                        ) =>
+                    {
+                        tracing::warn!(%peer, error = %e, "peer sent a malformed or oversized sync answer");
+                        self.offend(peer, BAD_ANSWER_OFFENCES);
+                    }
+                    error => tracing::debug!(%peer, %error, "sync request failed"),
+                }
             }
             _ => {}
         }

@@ -30,6 +30,17 @@ impl HostilePeer {
     /// Dials `targets` with `secret` (a member's device key) and serves `envelopes` to every
     /// pull it receives.
     pub async fn start(secret: [u8; 32], targets: Vec<Multiaddr>, envelopes: Vec<Vec<u8>>) -> Self {
+        let answer = Response::Changes {
+            changes: envelopes,
+            more: false,
+            peers: Vec::new(),
+        };
+        Self::answering(secret, targets, answer).await
+    }
+
+    /// Dials `targets` with `secret` and gives `answer` to every pull it receives, whatever
+    /// its size.
+    pub async fn answering(secret: [u8; 32], targets: Vec<Multiaddr>, answer: Response) -> Self {
         let keypair = identity::Keypair::ed25519_from_bytes(secret).expect("an ed25519 secret");
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
@@ -65,12 +76,7 @@ impl HostilePeer {
                             },
                         )) = ev
                         {
-                            let answer = Response::Changes {
-                                changes: envelopes.clone(),
-                                more: false,
-                                peers: Vec::new(),
-                            };
-                            if swarm.behaviour_mut().sync.send_response(channel, answer).is_ok() {
+                            if swarm.behaviour_mut().sync.send_response(channel, answer.clone()).is_ok() {
                                 served += 1;
                             }
                         }

@@ -495,3 +495,62 @@ async fn equivocation_evidence_reaches_a_park_that_took_one_side() {
     assert_eq!(evidence, 1);
     net.shutdown().await;
 }
+
+/// A member whose sync answers are larger than the protocol allows: the honest parks stop
+/// reading at the limit, take nothing from it, count each answer as an offence and ban it,
+/// and go on converging with each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_sending_oversized_sync_answers_is_cut_off() {
+    let mut net = TestNet::new(3);
+    net.start_node(0).await;
+    net.start_node(1).await;
+    net.converged(CONVERGE).await;
+    let before = net.digest(0).await;
+    let targets: Vec<_> = net
+        .nodes
+        .iter()
+        .flatten()
+        .flat_map(|n| n.p2p_addrs.clone())
+        .collect();
+    // Three times the largest answer the protocol allows.
+    let answer = kervan_protocol::sync::Response::Changes {
+        changes: vec![
+            vec![0xA5; 512 << 10];
+            3 * kervan_protocol::sync::MAX_RESPONSE_BYTES / (512 << 10)
+        ],
+        more: false,
+        peers: Vec::new(),
+    };
+    let hostile = HostilePeer::answering(net.fed.parks[2].key().to_bytes(), targets, answer).await;
+    let id = hostile.peer_id.to_string();
+    for i in 0..2 {
+        wait_until("the member to be banned", CONVERGE, || async {
+            net.node(i)
+                .net
+                .peers()
+                .await
+                .iter()
+                .any(|p| p.peer_id == id && p.banned)
+        })
+        .await;
+        let rejected = net
+            .node(i)
+            .replica
+            .call(|r| r.store().rejected())
+            .await
+            .expect("runs")
+            .expect("rejected");
+        assert!(
+            rejected.iter().all(|r| r.source != id),
+            "something of the oversized answer was read: {rejected:?}"
+        );
+        assert_eq!(net.digest(i).await, before, "the answer changed park {i}");
+    }
+    hostile.stop().await;
+    let w = net.write(1, Sample::new(5).startup("UZ")).await;
+    wait_until("an honest write to reach park 0", CONVERGE, || async {
+        net.has_startup(0, &w).await
+    })
+    .await;
+    net.shutdown().await;
+}
