@@ -87,7 +87,8 @@ pub struct Options {
     /// Envelope bytes kept while they wait; the oldest is dropped beyond this, so a member
     /// flooding changes that can never apply holds a bounded amount of memory.
     pub max_pending_bytes: usize,
-    /// A document is snapshotted after this many accepted changes.
+    /// A document is snapshotted after this many accepted changes, or after a quarter of its
+    /// history if that is more.
     pub snapshot_every: usize,
 }
 
@@ -1102,7 +1103,12 @@ impl<S: Store> Replica<S> {
         let due: Vec<DocId> = self
             .docs
             .iter()
-            .filter(|(_, d)| d.since_snapshot >= self.opts.snapshot_every)
+            // Every `snapshot_every` changes, or every quarter of the document's history if
+            // that is more: a snapshot costs time in proportion to the whole document, so a
+            // fixed interval would make a long catch-up quadratic.
+            .filter(|(_, d)| {
+                d.since_snapshot >= self.opts.snapshot_every.max(d.accepted.len() / 4)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for doc in due {
