@@ -1106,9 +1106,7 @@ impl<S: Store> Replica<S> {
             // Every `snapshot_every` changes, or every quarter of the document's history if
             // that is more: a snapshot costs time in proportion to the whole document, so a
             // fixed interval would make a long catch-up quadratic.
-            .filter(|(_, d)| {
-                d.since_snapshot >= self.opts.snapshot_every.max(d.accepted.len() / 4)
-            })
+            .filter(|(_, d)| d.since_snapshot >= self.opts.snapshot_every.max(d.accepted.len() / 4))
             .map(|(k, _)| k.clone())
             .collect();
         for doc in due {
