@@ -127,8 +127,35 @@ impl SignedChange {
             }
             _ => return Err(VerifyError::Change("not an Automerge change chunk".into())),
         }
-        automerge::Change::try_from(self.change.as_slice())
-            .map_err(|e| VerifyError::Change(e.to_string()))
+        // Automerge 0.12 panics on some malformed chunks instead of refusing them (found by the
+        // `envelope` and `rules_check` fuzz targets): an op counter past u32::MAX panics in
+        // `try_from`, a pred naming an actor the change does not list panics in `decode`, which
+        // the rules run on every op. A peer's bytes must be refused, not end the node, so both
+        // run here and a panic is a refusal. Parsing touches nothing but its input, so nothing
+        // is left half-done. This relies on panics unwinding, the default: no Kervan profile
+        // sets `panic = "abort"`.
+        let bytes = self.change.as_slice();
+        let parsed = std::panic::catch_unwind(|| {
+            let change = automerge::Change::try_from(bytes).map_err(|e| e.to_string())?;
+            // Automerge hashes a change's bytes but keeps only its ops, and writes them back
+            // in its own encoding. Bytes that are not that encoding (a run in a column longer
+            // than the ops, a wrong checksum) would be saved under another hash, and a document
+            // holding the change would no longer load. One change, one encoding.
+            if automerge::Change::from(change.decode()).raw_bytes() != bytes {
+                return Err(
+                    "expected the canonical encoding of the change's ops, found other bytes"
+                        .to_owned(),
+                );
+            }
+            Ok(change)
+        });
+        match parsed {
+            Ok(Ok(change)) => Ok(change),
+            Ok(Err(why)) => Err(VerifyError::Change(why)),
+            Err(_) => Err(VerifyError::Change(
+                "automerge cannot read this change (its parser panicked)".into(),
+            )),
+        }
     }
 
     /// Checks the signature of a change parsed from this envelope.
@@ -437,6 +464,95 @@ mod tests {
             Bundle::decode(&bytes, 100, MAX),
             Err(DecodeError::TooLarge { .. })
         ));
+    }
+
+    /// The golden vector's change (a put of `name` at the root), with its column list and the
+    /// columns' data as given: the regression tests edit them as the fuzz targets found them
+    /// (`fuzz/regressions/`).
+    fn golden_change_with(columns: &str, data: &str) -> Vec<u8> {
+        // deps, actor, seq, start_op, time, message, other actors; then the column list and
+        // the columns' data.
+        let mut body = hex::decode(concat!(
+            "0028ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c",
+            "0102030405060708010180f2d6ca060000",
+        ))
+        .expect("hex");
+        body.extend(hex::decode(columns).expect("hex"));
+        body.extend(hex::decode(data).expect("hex"));
+        let mut chunk = hex::decode("856f4a8348709f2d01").expect("hex");
+        let len = u8::try_from(body.len()).ok().filter(|l| *l < 0x80);
+        chunk.push(len.expect("a length that fits one LEB128 byte"));
+        chunk.extend(body);
+        chunk
+    }
+
+    /// Asserts that `parse` refuses the change bytes.
+    fn refuses_unreadable(change: Vec<u8>) {
+        let envelope = SignedChange {
+            doc: DocId::Federation,
+            change,
+            sig: [0; 64],
+        };
+        assert!(
+            matches!(envelope.parse(), Err(VerifyError::Change(_))),
+            "a change Automerge cannot read is refused"
+        );
+    }
+
+    #[test]
+    fn refuses_a_change_with_an_op_counter_past_u32() {
+        // An op on the object (2^32, actor 0): obj actor and obj counter columns added.
+        refuses_unreadable(golden_change_with(
+            "0801020206150634014202560257067002",
+            "7f007f80808080107f046e616d65017f017f664b657276616e7f00",
+        ));
+    }
+
+    #[test]
+    fn refuses_a_change_whose_pred_names_an_unlisted_actor() {
+        // The put gets one pred, (1, actor 5), in a change that lists one actor.
+        refuses_unreadable(golden_change_with(
+            "0815063401420256025706700271027302",
+            "7f046e616d65017f017f664b657276616e7f017f057f01",
+        ));
+    }
+
+    #[test]
+    fn refuses_a_change_that_is_not_the_canonical_encoding_of_its_ops() {
+        // The golden change parses and round-trips; the same op with a pred-count run of two
+        // (one op, so one value is left over) parses too, but Automerge would re-encode it
+        // under another hash, and save a document it cannot load.
+        let canonical = golden_change_with(
+            "06150634014202560257067002",
+            "7f046e616d65017f017f664b657276616e7f00",
+        );
+        let long_run = with_valid_checksum(golden_change_with(
+            "06150634014202560257067002",
+            "7f046e616d65017f017f664b657276616e0200",
+        ));
+        let envelope = |change| SignedChange {
+            doc: DocId::Federation,
+            change,
+            sig: [0; 64],
+        };
+        assert!(envelope(canonical.clone()).parse().is_ok());
+        assert!(matches!(
+            envelope(long_run).parse(),
+            Err(VerifyError::Change(_))
+        ));
+        let mut bad_checksum = canonical;
+        bad_checksum[4] ^= 1;
+        refuses_unreadable(bad_checksum);
+    }
+
+    /// Writes the checksum Automerge expects (the first bytes of the change's hash), so only
+    /// the edit under test makes the change wrong.
+    fn with_valid_checksum(mut chunk: Vec<u8>) -> Vec<u8> {
+        let hash = automerge::Change::try_from(chunk.as_slice())
+            .expect("the edited change parses")
+            .hash();
+        chunk[4..8].copy_from_slice(&hash.0[..4]);
+        chunk
     }
 
     /// The checked-in vectors pin the wire format: a change of this version must keep its bytes,
