@@ -59,7 +59,21 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// The plan of a mode; `KERVAN_BENCH_REPS` and `KERVAN_BENCH_PROP_RECORDS` override the
+    /// repetitions and the propagation registry (for profiling runs).
     fn new(quick: bool) -> Self {
+        let mut plan = Self::of(quick);
+        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+        if let Some(r) = var("KERVAN_BENCH_REPS") {
+            plan.reps = r.max(1);
+        }
+        if let Some(r) = var("KERVAN_BENCH_PROP_RECORDS") {
+            plan.prop_records = r;
+        }
+        plan
+    }
+
+    fn of(quick: bool) -> Self {
         if quick {
             Self {
                 quick,
@@ -334,6 +348,10 @@ fn main() -> anyhow::Result<()> {
     report.write_json(&out, meta)?;
     std::fs::write(out.with_extension("md"), &table)?;
     eprintln!("wrote {}", out.display());
-    drop(ds);
+    if let Some(ds) = ds
+        && std::env::var_os("KERVAN_BENCH_KEEP").is_some()
+    {
+        eprintln!("kept the registries in {}", ds.work.keep().display());
+    }
     Ok(())
 }

@@ -171,7 +171,7 @@ impl Report {
                 show(f.value, f.unit),
                 f.reference,
                 f.reference_value.map_or(String::new(), |r| show(r, f.unit)),
-                f.ratio().map_or(String::new(), |r| format!("{r:.2}")),
+                f.ratio().map_or(String::new(), ratio),
                 f.target_text,
                 match f.pass() {
                     None => "",
@@ -197,6 +197,14 @@ impl Report {
     }
 }
 
+fn ratio(r: f64) -> String {
+    if r < 0.1 {
+        format!("{r:.3}")
+    } else {
+        format!("{r:.2}")
+    }
+}
+
 fn line(f: &Figure) -> String {
     let mut s = format!(
         "{:<12} {:<52} {:>12}",
@@ -208,7 +216,7 @@ fn line(f: &Figure) -> String {
         let _ = write!(s, "  vs {} {}", f.reference, show(r, f.unit));
     }
     if let Some(r) = f.ratio() {
-        let _ = write!(s, "  ratio {r:.2}");
+        let _ = write!(s, "  ratio {}", ratio(r));
     }
     match f.pass() {
         Some(true) => s.push_str("  pass"),

@@ -64,6 +64,8 @@ impl Proxy {
         let bytes = Arc::new(AtomicU64::new(0));
         let counter = bytes.clone();
         let task = tokio::spawn(async move {
+            // The pumps live as long as this task: aborting it (on drop) ends them too.
+            let mut pumps = tokio::task::JoinSet::new();
             while let Ok((inbound, _)) = listener.accept().await {
                 let Ok(outbound) = TcpStream::connect(target).await else {
                     continue;
@@ -72,8 +74,8 @@ impl Proxy {
                 let _ = outbound.set_nodelay(true);
                 let (ir, iw) = inbound.into_split();
                 let (or, ow) = outbound.into_split();
-                tokio::spawn(pump(ir, ow, counter.clone()));
-                tokio::spawn(pump(or, iw, counter.clone()));
+                pumps.spawn(pump(ir, ow, counter.clone()));
+                pumps.spawn(pump(or, iw, counter.clone()));
             }
         });
         Ok(Self { addr, bytes, task })
