@@ -602,12 +602,14 @@ impl<S: Store> Replica<S> {
         // A slot counts only with its change: a crash between writing the slot and flushing the
         // change can leave the slot alone, and an orphan slot would make the node's own next
         // change at that seq look like equivocation.
+        // Read once: checked here, and what no snapshot covers is the tail below.
+        let all = self.store.changes()?;
         let mut stored: HashSet<(DocId, Hash)> = HashSet::new();
-        for (d, h, env) in self.store.changes()? {
+        for (d, h, env) in &all {
             // A cheap look at every stored change, so a store damaged under a snapshot is
             // noticed at start and not when its change is next served to a peer.
             match SignedChange::decode(&env, usize::MAX) {
-                Ok(e) if e.doc == d => {}
+                Ok(e) if e.doc == *d => {}
                 Ok(e) => {
                     return Err(StoreError::Corrupt {
                         what: format!("changes/{d}/{h}"),
@@ -623,7 +625,7 @@ impl<S: Store> Replica<S> {
                     .into());
                 }
             }
-            stored.insert((d, h));
+            stored.insert((d.clone(), *h));
         }
         let mut slots = HashMap::new();
         for (d, a, s, h) in self.store.slots()? {
@@ -646,9 +648,7 @@ impl<S: Store> Replica<S> {
                 self.load_snapshot(DocId::Ledger(p))?;
             }
         }
-        let tail: Vec<Vec<u8>> = self
-            .store
-            .changes()?
+        let tail: Vec<Vec<u8>> = all
             .into_iter()
             .filter(|(doc, h, _)| {
                 !self
