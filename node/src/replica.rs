@@ -608,7 +608,7 @@ impl<S: Store> Replica<S> {
         for (d, h, env) in &all {
             // A cheap look at every stored change, so a store damaged under a snapshot is
             // noticed at start and not when its change is next served to a peer.
-            match SignedChange::decode(&env, usize::MAX) {
+            match SignedChange::decode(env, usize::MAX) {
                 Ok(e) if e.doc == *d => {}
                 Ok(e) => {
                     return Err(StoreError::Corrupt {
