@@ -53,6 +53,14 @@ pub fn spawn(
         .spawn(move || {
             while let Some(job) = rx.blocking_recv() {
                 job(&mut replica);
+                // Changes received from peers are flushed once nothing else waits, so a burst
+                // of gossip costs one flush and no query waits for the disk.
+                if replica.has_unflushed() && rx.is_empty() {
+                    if let Err(e) = replica.flush_received() {
+                        tracing::error!(error = %e, "cannot flush received changes: stopping");
+                        return Err(e);
+                    }
+                }
             }
             tracing::info!("replica stopping: writing snapshots");
             replica.snapshot_all()

@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod data_dir;
 pub mod demo;
+mod meta;
 pub mod metrics;
 pub mod net;
 pub mod node;

@@ -20,10 +20,11 @@ use kervan_protocol::{
     ParkId, PendingReason, RecordId, Registration, RejectReason, SignedChange, Touched, Verdict,
     Verified,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::meta::DocMeta;
 use crate::query::Index;
 use crate::store::{Evidence, Rejected, Store, StoreError};
 
@@ -166,14 +167,6 @@ struct DocState {
     since_snapshot: usize,
 }
 
-/// What a snapshot keeps beside the saved document.
-#[derive(Serialize, Deserialize)]
-struct DocMeta {
-    order: Vec<(Hash, CausalInfo)>,
-    objects: Vec<(ObjKey, ObjectInfo)>,
-    registrations: Vec<Registration>,
-}
-
 impl DocState {
     fn new(actor: Option<Actor>) -> Self {
         let mut doc = AutoCommit::new();
@@ -213,7 +206,7 @@ impl DocState {
             objects: self.objects.iter().map(|(k, v)| (*k, v.clone())).collect(),
             registrations: self.registrations.clone(),
         };
-        let meta = serde_json::to_vec(&meta).expect("snapshot metadata serialises");
+        let meta = meta.encode();
         let doc = self.doc.save();
         let mut out = Vec::with_capacity(8 + meta.len() + doc.len());
         out.extend_from_slice(&(meta.len() as u64).to_be_bytes());
@@ -229,7 +222,7 @@ impl DocState {
             .map(u64::from_be_bytes)
             .ok_or("shorter than its header")? as usize;
         let meta = bytes.get(8..8 + len).ok_or("metadata truncated")?;
-        let meta: DocMeta = serde_json::from_slice(meta).map_err(|e| e.to_string())?;
+        let meta = DocMeta::decode(meta)?;
         let mut doc = AutoCommit::load(&bytes[8 + len..]).map_err(|e| e.to_string())?;
         if let Some(a) = actor {
             doc.set_actor(a.to_automerge());
@@ -426,6 +419,8 @@ pub struct Replica<S: Store> {
     /// the pending queue is unbounded, and stored changes refused earlier are judged again
     /// (their verdicts may rest on evidence, which is kept apart).
     restoring: bool,
+    /// Changes received from peers are stored but not yet flushed (see [`Self::ingest_received`]).
+    unflushed: bool,
 }
 
 impl<S: Store> std::fmt::Debug for Replica<S> {
@@ -578,6 +573,7 @@ impl<S: Store> Replica<S> {
             stats: Stats::default(),
             outbox: None,
             restoring: false,
+            unflushed: false,
         };
         replica.load(true)?;
         // A node killed without its final snapshot judged its whole tail again just now:
@@ -642,11 +638,9 @@ impl<S: Store> Replica<S> {
         }
         self.registry.frozen = self.store.frozen_keys()?.into_iter().collect();
         if use_snapshots {
-            self.load_snapshot(DocId::Federation)?;
-            let parks: Vec<ParkId> = self.registry.parks.iter().cloned().collect();
-            for p in parks {
-                self.load_snapshot(DocId::Ledger(p))?;
-            }
+            self.load_snapshots(vec![DocId::Federation])?;
+            let ledgers = self.registry.parks.iter().cloned().map(DocId::Ledger);
+            self.load_snapshots(ledgers.collect())?;
         }
         let tail: Vec<Vec<u8>> = all
             .into_iter()
@@ -659,27 +653,37 @@ impl<S: Store> Replica<S> {
             .map(|(_, _, env)| env)
             .collect();
         self.restoring = true;
-        let result = self.ingest_inner(tail, "restore");
+        let result = self.ingest_inner(tail, "restore", true);
         self.restoring = false;
         result?;
         self.reindex_all();
         Ok(())
     }
 
-    fn load_snapshot(&mut self, doc: DocId) -> Result<(), ReplicaError> {
-        let Some(bytes) = self.store.snapshot(&doc)? else {
-            return Ok(());
-        };
-        let state = DocState::decode_snapshot(&bytes, self.actor()).map_err(|why| {
-            ReplicaError::Snapshot {
+    /// Loads the snapshots of `docs`, decoding them on as many threads as there are cores:
+    /// each is an independent Automerge document, and loading them is most of a start.
+    fn load_snapshots(&mut self, docs: Vec<DocId>) -> Result<(), ReplicaError> {
+        let mut stored = Vec::with_capacity(docs.len());
+        for doc in docs {
+            if let Some(bytes) = self.store.snapshot(&doc)? {
+                stored.push((doc, bytes));
+            }
+        }
+        let actor = self.actor();
+        let decoded = parallel_map(stored, |(doc, bytes)| {
+            let state = DocState::decode_snapshot(&bytes, actor);
+            (doc, state)
+        });
+        for (doc, state) in decoded {
+            let state = state.map_err(|why| ReplicaError::Snapshot {
                 doc: doc.clone(),
                 why,
+            })?;
+            for r in &state.registrations {
+                self.registry.add(r);
             }
-        })?;
-        for r in &state.registrations {
-            self.registry.add(r);
+            self.docs.insert(doc, state);
         }
-        self.docs.insert(doc, state);
         Ok(())
     }
 
@@ -746,7 +750,35 @@ impl<S: Store> Replica<S> {
         envelopes: Vec<Vec<u8>>,
         source: &str,
     ) -> Result<Vec<Report>, ReplicaError> {
-        self.ingest_inner(envelopes, source)
+        self.ingest_inner(envelopes, source, true)
+    }
+
+    /// Like [`Self::ingest`] for changes a peer sent: they are checked, stored, applied and
+    /// visible to queries when this returns, but flushed later by [`Self::flush_received`],
+    /// which the replica actor calls as soon as it has nothing else queued. Forwarding a
+    /// received change, or answering a query about it, need not wait for the disk: its author
+    /// flushed it before publishing, and anti-entropy fetches again whatever a crash loses
+    /// here. This node's own writes, imports and anything signed here are flushed before they
+    /// are acknowledged, and a flush of sled covers every write made before it.
+    pub fn ingest_received(
+        &mut self,
+        envelopes: Vec<Vec<u8>>,
+        source: &str,
+    ) -> Result<Vec<Report>, ReplicaError> {
+        self.ingest_inner(envelopes, source, false)
+    }
+
+    /// Flushes changes received by [`Self::ingest_received`] since the last flush.
+    pub fn flush_received(&mut self) -> Result<(), ReplicaError> {
+        if std::mem::take(&mut self.unflushed) {
+            self.store.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Changes received from peers wait in the store for [`Self::flush_received`].
+    pub fn has_unflushed(&self) -> bool {
+        self.unflushed
     }
 
     /// Applies changes read back from this node's own damaged store (`kervan repair`): each is
@@ -759,7 +791,7 @@ impl<S: Store> Replica<S> {
         let opts = self.opts;
         self.opts.max_pending = usize::MAX;
         self.opts.max_pending_bytes = usize::MAX;
-        let result = self.ingest_inner(envelopes, "repair");
+        let result = self.ingest_inner(envelopes, "repair", true);
         self.opts = opts;
         let reports = result?;
         self.bound_pending()?;
@@ -770,6 +802,7 @@ impl<S: Store> Replica<S> {
         &mut self,
         envelopes: Vec<Vec<u8>>,
         source: &str,
+        flush: bool,
     ) -> Result<Vec<Report>, ReplicaError> {
         let mut reports: Vec<Report> = Vec::with_capacity(envelopes.len());
         let mut work = VecDeque::new();
@@ -839,7 +872,12 @@ impl<S: Store> Replica<S> {
         for (doc, t) in touched {
             self.reindex(&doc, t);
         }
-        self.store.flush()?;
+        if flush {
+            self.store.flush()?;
+            self.unflushed = false;
+        } else {
+            self.unflushed = true;
+        }
         if needs_rebuild && !self.restoring {
             self.rebuild()?;
         } else if !self.restoring {
@@ -1136,31 +1174,39 @@ impl<S: Store> Replica<S> {
 
     // ---- the query index ----
 
+    /// Builds the query index from every document at start: the records of each ledger are
+    /// read out of Automerge on as many threads as there are cores, then indexed.
     fn reindex_all(&mut self) {
-        let docs: Vec<DocId> = self.docs.keys().cloned().collect();
-        for doc in docs {
-            let mut touched = BTreeSet::new();
-            match &doc {
-                DocId::Federation => {
-                    for p in &self.registry.parks {
-                        touched.insert(Touched::Park(p.clone()));
-                    }
-                }
-                DocId::Ledger(_) => {
-                    let state = self.docs.get_mut(&doc).expect("listed above");
-                    for collection in records::COLLECTIONS {
-                        let Some(obj) = child(&state.doc, &ROOT, collection) else {
-                            continue;
-                        };
-                        for key in state.doc.keys(&obj) {
-                            if let Ok(id) = key.parse() {
-                                touched.insert(Touched::Record { collection, id });
-                            }
-                        }
-                    }
+        for p in self.registry.parks.clone() {
+            let park = self
+                .docs
+                .get(&DocId::Federation)
+                .and_then(|state| read_park(&state.doc, &p));
+            self.index.set_park(p, park);
+        }
+        let ledgers: Vec<(&ParkId, &DocState)> = self
+            .docs
+            .iter()
+            .filter_map(|(doc, state)| doc.park().map(|p| (p, state)))
+            .collect();
+        let read = parallel_map(ledgers, |(park, state)| {
+            let mut out = Vec::new();
+            for collection in records::COLLECTIONS {
+                let Some(obj) = child(&state.doc, &ROOT, collection) else {
+                    continue;
+                };
+                for item in state.doc.map_range(&obj, ..) {
+                    let Ok(id) = item.key.parse::<RecordId>() else {
+                        continue;
+                    };
+                    let value = state.doc.hydrate(item.id(), None).ok();
+                    out.push(IndexedRecord::read(park, collection, id, value.as_ref()));
                 }
             }
-            self.reindex(&doc, touched);
+            out
+        });
+        for r in read.into_iter().flatten() {
+            r.index(&mut self.index);
         }
     }
 
@@ -1175,32 +1221,12 @@ impl<S: Store> Replica<S> {
                     self.index.set_park(p, park);
                 }
                 Touched::Record { collection, id } => {
-                    let fields = records::collection_fields(collection).unwrap_or(&[]);
-                    let stored = child(&state.doc, &ROOT, collection)
+                    let Some(park) = doc.park() else { continue };
+                    let value = child(&state.doc, &ROOT, collection)
                         .and_then(|c| child(&state.doc, &c, &id.to_string()))
-                        .and_then(|o| state.doc.hydrate(&o, None).ok())
-                        .map(|v| records::record_from_automerge(fields, &v));
-                    match collection {
-                        "startups" => {
-                            let r = stored.and_then(|v| records::read_record(&id, v));
-                            self.index.set_startup(id, r);
-                        }
-                        "programs" => {
-                            let r = stored.and_then(|v| records::read_record(&id, v));
-                            self.index.set_program(id, r);
-                        }
-                        "applications" => {
-                            let r = stored.and_then(|v| records::read_record(&id, v));
-                            self.index.set_application(id, r);
-                        }
-                        "decisions" => {
-                            let r = stored.and_then(|v| serde_json::from_value(v).ok());
-                            if let Some(by) = doc.park() {
-                                self.index.set_decision(id, by.clone(), r);
-                            }
-                        }
-                        _ => {}
-                    }
+                        .and_then(|o| state.doc.hydrate(&o, None).ok());
+                    IndexedRecord::read(park, collection, id, value.as_ref())
+                        .index(&mut self.index);
                 }
             }
         }
@@ -1814,6 +1840,90 @@ pub enum ImportError {
     },
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+}
+
+/// A record read out of a ledger for the query index (`None`: removed or unreadable).
+enum IndexedRecord {
+    Startup(RecordId, Option<records::Startup>),
+    Program(RecordId, Option<records::Program>),
+    Application(RecordId, Option<records::Application>),
+    Decision(RecordId, ParkId, Option<records::Decision>),
+    Other,
+}
+
+impl IndexedRecord {
+    fn read(
+        park: &ParkId,
+        collection: &str,
+        id: RecordId,
+        value: Option<&automerge::hydrate::Value>,
+    ) -> Self {
+        let fields = records::collection_fields(collection).unwrap_or(&[]);
+        let stored = value.map(|v| records::record_from_automerge(fields, v));
+        match collection {
+            "startups" => {
+                let r = stored.and_then(|v| records::read_record(&id, v));
+                Self::Startup(id, r)
+            }
+            "programs" => {
+                let r = stored.and_then(|v| records::read_record(&id, v));
+                Self::Program(id, r)
+            }
+            "applications" => {
+                let r = stored.and_then(|v| records::read_record(&id, v));
+                Self::Application(id, r)
+            }
+            "decisions" => {
+                let r = stored.and_then(|v| serde_json::from_value(v).ok());
+                Self::Decision(id, park.clone(), r)
+            }
+            _ => Self::Other,
+        }
+    }
+
+    fn index(self, index: &mut Index) {
+        match self {
+            Self::Startup(id, r) => index.set_startup(id, r),
+            Self::Program(id, r) => index.set_program(id, r),
+            Self::Application(id, r) => index.set_application(id, r),
+            Self::Decision(id, by, r) => index.set_decision(id, by, r),
+            Self::Other => {}
+        }
+    }
+}
+
+/// Maps `items` on up to as many scoped threads as there are cores, keeping their order.
+fn parallel_map<T: Send, U: Send>(items: Vec<T>, f: impl Fn(T) -> U + Sync) -> Vec<U> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(items.len());
+    if threads <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let mut chunks: Vec<Vec<(usize, T)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        chunks[i % threads].push((i, item));
+    }
+    let f = &f;
+    let mut out: Vec<(usize, U)> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .into_iter()
+                        .map(|(i, t)| (i, f(t)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a start-up worker thread panicked"))
+            .collect()
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, u)| u).collect()
 }
 
 fn no_collection() -> automerge::AutomergeError {

@@ -161,6 +161,11 @@ impl Seal {
     }
 }
 
+/// sled's page cache. Its default is 1 GiB, which a node fills with every page it reads at
+/// start (the snapshots, the change log) and keeps: the replica holds what it needs in memory
+/// itself, so the cache only serves sync pages and audits, which read envelopes once.
+const CACHE_BYTES: u64 = 32 << 20;
+
 impl SledStore {
     /// Opens the store at `path`, refusing it if it holds fewer changes than its seal says.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -188,8 +193,13 @@ impl SledStore {
         // and without that thread the lock is released as soon as the store is dropped.
         // sled panics on some damage it finds while recovering its files: that is a damaged
         // store to report, not a crash.
-        let opened =
-            std::panic::catch_unwind(|| sled::Config::new().path(path).flush_every_ms(None).open());
+        let opened = std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(path)
+                .flush_every_ms(None)
+                .cache_capacity(CACHE_BYTES)
+                .open()
+        });
         let db = match opened {
             Ok(db) => db?,
             Err(panic) => {
@@ -370,7 +380,21 @@ impl Store for SledStore {
     }
 
     fn remove_change(&self, doc: &DocId, hash: &Hash) -> Result<(), StoreError> {
-        if self.changes.remove(doc_key(Some(doc), hash))?.is_some() {
+        let key = doc_key(Some(doc), hash);
+        if !self.changes.contains_key(&key)? {
+            return Ok(());
+        }
+        // sled may write the removal out before the next flush: lower the seal first, so it
+        // never says more than the files hold.
+        let n = self
+            .seal
+            .changes
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .saturating_sub(1);
+        if n < self.seal.written.load(std::sync::atomic::Ordering::SeqCst) {
+            self.seal.write(n)?;
+        }
+        if self.changes.remove(key)?.is_some() {
             self.seal
                 .changes
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
