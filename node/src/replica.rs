@@ -598,31 +598,29 @@ impl<S: Store> Replica<S> {
         // A slot counts only with its change: a crash between writing the slot and flushing the
         // change can leave the slot alone, and an orphan slot would make the node's own next
         // change at that seq look like equivocation.
-        // Read once: checked here, and what no snapshot covers is the tail below.
-        let all = self.store.changes()?;
+        // Every stored change is looked at here, cheaply, so a store damaged under a snapshot
+        // is noticed at start and not when its change is next served to a peer. Only the keys
+        // are kept: the envelopes the snapshots do not cover are read again below.
         let mut stored: HashSet<(DocId, Hash)> = HashSet::new();
-        for (d, h, env) in &all {
-            // A cheap look at every stored change, so a store damaged under a snapshot is
-            // noticed at start and not when its change is next served to a peer.
+        self.store.for_each_change(&mut |d, h, env| {
             match SignedChange::decode(env, usize::MAX) {
-                Ok(e) if e.doc == *d => {}
+                Ok(e) if e.doc == d => {}
                 Ok(e) => {
                     return Err(StoreError::Corrupt {
                         what: format!("changes/{d}/{h}"),
                         why: format!("stored under {d} but signed for {}", e.doc),
-                    }
-                    .into());
+                    });
                 }
                 Err(e) => {
                     return Err(StoreError::Corrupt {
                         what: format!("changes/{d}/{h}"),
                         why: format!("not a signed change: {e}"),
-                    }
-                    .into());
+                    });
                 }
             }
-            stored.insert((d.clone(), *h));
-        }
+            stored.insert((d, h));
+            Ok(())
+        })?;
         let mut slots = HashMap::new();
         for (d, a, s, h) in self.store.slots()? {
             if stored.contains(&(d.clone(), h)) || self.store.is_rejected(Some(&d), &h)? {
@@ -642,16 +640,31 @@ impl<S: Store> Replica<S> {
             let ledgers = self.registry.parks.iter().cloned().map(DocId::Ledger);
             self.load_snapshots(ledgers.collect())?;
         }
-        let tail: Vec<Vec<u8>> = all
+        let covered = |docs: &BTreeMap<DocId, DocState>, doc: &DocId, h: &Hash| {
+            docs.get(doc).is_some_and(|d| d.accepted.contains_key(h))
+        };
+        let mut tail_keys: Vec<(DocId, Hash)> = stored
             .into_iter()
-            .filter(|(doc, h, _)| {
-                !self
-                    .docs
-                    .get(doc)
-                    .is_some_and(|d| d.accepted.contains_key(h))
-            })
-            .map(|(_, _, env)| env)
+            .filter(|(doc, h)| !covered(&self.docs, doc, h))
             .collect();
+        tail_keys.sort();
+        let mut tail = Vec::with_capacity(tail_keys.len());
+        if tail_keys.len() > 1024 {
+            // A long tail (a rebuild, a start without snapshots): one pass over the store.
+            let docs = &self.docs;
+            self.store.for_each_change(&mut |d, h, env| {
+                if !covered(docs, &d, &h) {
+                    tail.push(env.to_vec());
+                }
+                Ok(())
+            })?;
+        } else {
+            for (doc, h) in &tail_keys {
+                if let Some(env) = self.store.change(doc, h)? {
+                    tail.push(env);
+                }
+            }
+        }
         self.restoring = true;
         let result = self.ingest_inner(tail, "restore", true);
         self.restoring = false;

@@ -82,6 +82,9 @@ mod hex_list {
     }
 }
 
+/// A visitor of stored changes: document, hash, envelope.
+pub type EachChange<'a> = dyn FnMut(DocId, Hash, &[u8]) -> Result<(), StoreError> + 'a;
+
 /// What the replica needs from storage.
 pub trait Store: Send {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -92,6 +95,16 @@ pub trait Store: Send {
     fn remove_change(&self, doc: &DocId, hash: &Hash) -> Result<(), StoreError>;
     /// Every stored change, by document, then hash.
     fn changes(&self) -> Result<Vec<(DocId, Hash, Vec<u8>)>, StoreError>;
+    /// Calls `f` with every stored change, by document, then hash, without holding them all.
+    fn for_each_change(
+        &self,
+        f: &mut EachChange<'_>,
+    ) -> Result<(), StoreError> {
+        for (doc, hash, envelope) in self.changes()? {
+            f(doc, hash, &envelope)?;
+        }
+        Ok(())
+    }
     fn change_count(&self) -> usize;
     /// Records which verified change holds a slot (doc, actor, seq); the first one keeps it.
     fn put_slot(&self, doc: &DocId, actor: &Actor, seq: u64, hash: &Hash)
@@ -414,6 +427,21 @@ impl Store for SledStore {
                 Ok((doc, hash, v.to_vec()))
             })
             .collect()
+    }
+
+    fn for_each_change(
+        &self,
+        f: &mut EachChange<'_>,
+    ) -> Result<(), StoreError> {
+        for kv in &self.changes {
+            let (k, v) = kv?;
+            let (doc, hash) = parse_doc_key(&k).ok_or_else(|| StoreError::Corrupt {
+                what: "changes".into(),
+                why: "a key that is not a document and a hash".into(),
+            })?;
+            f(doc, hash, &v)?;
+        }
+        Ok(())
     }
 
     fn change_count(&self) -> usize {
