@@ -256,7 +256,12 @@ mod tests {
         let bytes = m.encode();
         assert_eq!(DocMeta::decode(&bytes).expect("decodes"), m);
         let json = serde_json::to_vec(&m).expect("json");
-        assert!(bytes.len() * 5 < json.len(), "{} vs {}", bytes.len(), json.len());
+        assert!(
+            bytes.len() * 5 < json.len(),
+            "{} vs {}",
+            bytes.len(),
+            json.len()
+        );
         // Snapshots written as JSON before are still read.
         assert_eq!(DocMeta::decode(&json).expect("json decodes"), m);
     }
@@ -265,7 +270,10 @@ mod tests {
     fn every_truncation_and_a_flipped_count_are_errors_not_panics() {
         let bytes = meta().encode();
         for len in 0..bytes.len() {
-            assert!(DocMeta::decode(&bytes[..len]).is_err(), "truncated to {len}");
+            assert!(
+                DocMeta::decode(&bytes[..len]).is_err(),
+                "truncated to {len}"
+            );
         }
         let mut huge = MAGIC.to_vec();
         varint(&mut huge, u64::MAX);
