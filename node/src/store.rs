@@ -96,10 +96,7 @@ pub trait Store: Send {
     /// Every stored change, by document, then hash.
     fn changes(&self) -> Result<Vec<(DocId, Hash, Vec<u8>)>, StoreError>;
     /// Calls `f` with every stored change, by document, then hash, without holding them all.
-    fn for_each_change(
-        &self,
-        f: &mut EachChange<'_>,
-    ) -> Result<(), StoreError> {
+    fn for_each_change(&self, f: &mut EachChange<'_>) -> Result<(), StoreError> {
         for (doc, hash, envelope) in self.changes()? {
             f(doc, hash, &envelope)?;
         }
@@ -429,10 +426,7 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn for_each_change(
-        &self,
-        f: &mut EachChange<'_>,
-    ) -> Result<(), StoreError> {
+    fn for_each_change(&self, f: &mut EachChange<'_>) -> Result<(), StoreError> {
         for kv in &self.changes {
             let (k, v) = kv?;
             let (doc, hash) = parse_doc_key(&k).ok_or_else(|| StoreError::Corrupt {
