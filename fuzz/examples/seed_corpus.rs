@@ -706,7 +706,27 @@ fn sync_seeds(corpus: &mut Corpus, built: &Built) -> Result<()> {
     corpus.add(
         "sync_message",
         "request-behind",
-        cbor(&Request::Pull(Summary::new(behind)))?,
+        cbor(&Request::Pull(Summary::new(behind.clone())))?,
+    );
+    // A delta against the agreed summary of a node that was behind and has caught up.
+    if let Some(d) = sync::delta(&Summary::new(behind.clone()), &full) {
+        corpus.add(
+            "sync_message",
+            "request-delta",
+            cbor(&Request::PullDelta(d))?,
+        );
+    }
+    if let Some(d) = sync::delta(&full, &full) {
+        corpus.add(
+            "sync_message",
+            "request-delta-empty",
+            cbor(&Request::PullDelta(d))?,
+        );
+    }
+    corpus.add(
+        "sync_message",
+        "response-unknown-base",
+        cbor(&Response::UnknownBase)?,
     );
     let mut forked = full.heads.clone();
     if let Some(h) = forked.last_mut() {

@@ -1,4 +1,4 @@
-//! Fuzzes the anti-entropy messages of `/kervan/sync/1` as a node reads them from a peer: the
+//! Fuzzes the anti-entropy messages of `/kervan/sync/2` as a node reads them from a peer: the
 //! bytes are decoded exactly as libp2p's `request_response::cbor` codec decodes them (at most
 //! the node's size limit, then `cbor4ii::serde::from_slice`), as a `Request` and as a
 //! `Response`, and what comes out is handed to the code that follows in the node.
@@ -8,6 +8,9 @@
 //! - a request's summary goes through `Summary::new`, `digest` and `missing` (both ways against
 //!   a real replica's summary) without panicking; `missing` only asks for seqs the local node
 //!   holds, and two equal summaries miss nothing;
+//! - a delta request is resolved against the bases a responder may hold (the replica's summary,
+//!   and the empty one) without panicking; a summary it rebuilds has the digest the requester
+//!   sent and sorted, unique heads, and the delta from that base to it rebuilds it again;
 //! - a real replica holding the fixture answers the request with `sync_page` without error,
 //!   within `MAX_PAGE_CHANGES`, with envelopes that decode;
 //! - a response's envelopes decode, parse and verify, and its peer ids and addresses parse, as
@@ -21,7 +24,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 use kervan_fuzz::TempReplica;
 use kervan_protocol::sync::{
-    self, MAX_PAGE_BYTES, MAX_PAGE_CHANGES, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, Request,
+    self, Delta, MAX_PAGE_BYTES, MAX_PAGE_CHANGES, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, Request,
     Response, Summary,
 };
 use kervan_protocol::{Limits, SignedChange};
@@ -64,9 +67,45 @@ fn one(data: &[u8]) {
     }
 }
 
+/// The responder's side of a delta pull, as `net.rs` runs it: the summary rebuilt from a base
+/// it may hold, or `None` (answered `UnknownBase`).
+fn rebuild(delta: &Delta) -> Option<Summary> {
+    let local = {
+        let guard = replica().lock().unwrap_or_else(PoisonError::into_inner);
+        guard.replica.sync_summary()
+    };
+    let mut rebuilt = None;
+    for base in [local, Summary::new(Vec::new())] {
+        let Ok(s) = sync::resolve(&base, delta) else {
+            continue;
+        };
+        assert_eq!(
+            s.digest, delta.digest,
+            "a rebuilt summary has the requester's digest"
+        );
+        assert_eq!(s.digest, sync::digest(&s.heads));
+        assert!(
+            s.heads
+                .windows(2)
+                .all(|w| (&w[0].doc, &w[0].actor) < (&w[1].doc, &w[1].actor)),
+            "a rebuilt summary's heads are sorted and unique"
+        );
+        let again = sync::delta(&base, &s).expect("a rebuilt summary keeps the base's heads");
+        assert_eq!(sync::resolve(&base, &again).as_ref(), Ok(&s));
+        rebuilt = Some(s);
+    }
+    rebuilt
+}
+
 /// The responder's side of a pull, as `net.rs` runs it on the replica thread.
 fn answer(request: Request) {
-    let Request::Pull(remote) = request;
+    let remote = match request {
+        Request::Pull(remote) => remote,
+        Request::PullDelta(delta) => match rebuild(&delta) {
+            Some(s) => s,
+            None => return,
+        },
+    };
     let rebuilt = Summary::new(remote.heads.clone());
     assert_eq!(rebuilt.digest, sync::digest(&rebuilt.heads));
     let unique: HashSet<_> = rebuilt.heads.iter().map(|h| (&h.doc, &h.actor)).collect();
@@ -118,6 +157,7 @@ fn take(response: Response) {
     let (changes, peers) = match response {
         Response::UpToDate { peers } => (Vec::new(), peers),
         Response::Changes { changes, peers, .. } => (changes, peers),
+        Response::UnknownBase => return,
     };
     // The node bans the sender of an oversized page and reads nothing of it.
     if changes.len() > MAX_PAGE_CHANGES {

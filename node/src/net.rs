@@ -1,19 +1,27 @@
 //! The net actor: the sole owner of the libp2p Swarm (TCP, noise, yamux; identify; ping;
-//! gossipsub for pushing changes; `/kervan/sync/1` for anti-entropy; an allow list that
+//! gossipsub for pushing changes; `/kervan/sync/2` for anti-entropy; an allow list that
 //! refuses every connection from a device the federation document does not register).
 //!
 //! It turns the replica's verdicts into gossipsub validation results: an accepted change is
 //! forwarded, a rejected one penalises its sender (who is disconnected and banned for a while
 //! after repeated offences), a pending one makes the node pull from the sender.
+//!
+//! Anti-entropy remembers, per member, the summary of its last pull that the member answered
+//! `UpToDate` (`agreed`); a node answering `UpToDate` keeps that summary by digest
+//! (`summaries`, bounded). A pull to a member with an agreed summary sends only the heads that
+//! differ from it ([`Request::PullDelta`]); a member that no longer holds that base (it
+//! restarted, or evicted it) answers [`Response::UnknownBase`], and the node forgets it and
+//! pulls again with its whole summary.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt as _;
-use kervan_protocol::sync::{self, PeerAddrs, Request, Response};
+use kervan_protocol::sync::{self, PeerAddrs, Request, Response, Summary, SummaryCache};
 use kervan_protocol::{DeviceKey, FederationId};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity};
-use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, identify, identity, ping,
@@ -90,9 +98,31 @@ struct Peer {
     banned_until: Option<Instant>,
 }
 
+/// What anti-entropy did since the node started: how pulls were sent and answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SyncStats {
+    /// Pulls sent with the whole summary.
+    pub full_pulls: u64,
+    /// Pulls sent as a delta against the summary agreed with that peer.
+    pub delta_pulls: u64,
+    /// Delta pulls answered with changes: catch-up over the delta path.
+    pub delta_pulls_with_changes: u64,
+    /// Delta pulls answered `UnknownBase` (each followed by a pull with the whole summary).
+    pub unknown_base_answers: u64,
+    /// Delta pulls from peers this node rebuilt and answered.
+    pub deltas_served: u64,
+    /// Delta pulls from peers this node answered `UnknownBase`: base not held, or refused.
+    pub deltas_refused: u64,
+    /// Peers with an agreed summary now.
+    pub agreed_peers: usize,
+    /// Summaries cached by digest now.
+    pub cached_summaries: usize,
+}
+
 enum Command {
     Publish(Vec<u8>),
     Peers(oneshot::Sender<Vec<PeerStatus>>),
+    SyncStats(oneshot::Sender<SyncStats>),
     Listening(oneshot::Sender<Vec<Multiaddr>>),
     SyncNow,
     Block(Vec<PeerId>),
@@ -117,6 +147,15 @@ impl NetHandle {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Command::Peers(tx)).await.is_err() {
             return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// What anti-entropy did so far.
+    pub async fn sync_stats(&self) -> SyncStats {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::SyncStats(tx)).await.is_err() {
+            return SyncStats::default();
         }
         rx.await.unwrap_or_default()
     }
@@ -174,6 +213,15 @@ fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
 /// One page of a sync answer: envelopes, and whether more remain.
 type Page = (Vec<Vec<u8>>, bool);
 
+/// A pull waiting for its answer.
+#[derive(Debug)]
+struct Pending {
+    id: OutboundRequestId,
+    /// The summary it told, whole or as a delta: the agreed one if the answer is `UpToDate`.
+    summary: Arc<Summary>,
+    delta: bool,
+}
+
 /// The net actor.
 pub struct Net {
     swarm: Swarm<Behaviour>,
@@ -186,7 +234,14 @@ pub struct Net {
     peers: HashMap<PeerId, Peer>,
     members: HashSet<PeerId>,
     blocked: HashSet<PeerId>,
-    in_flight: HashSet<PeerId>,
+    in_flight: HashMap<PeerId, Pending>,
+    /// Per member, the summary of this node's last pull it answered `UpToDate`: the base of
+    /// the next pull to it.
+    agreed: HashMap<PeerId, Arc<Summary>>,
+    /// Summaries this node answered `UpToDate` to (or was answered so), by digest: the bases
+    /// a peer's delta pull may name.
+    summaries: SummaryCache,
+    stats: SyncStats,
     bootstrap: Vec<Multiaddr>,
     listening: Vec<Multiaddr>,
     tick: tokio::time::Interval,
@@ -296,7 +351,10 @@ impl Net {
             peers: HashMap::new(),
             members: HashSet::new(),
             blocked: HashSet::new(),
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
+            agreed: HashMap::new(),
+            summaries: SummaryCache::default(),
+            stats: SyncStats::default(),
             bootstrap: config.bootstrap,
             listening: Vec::new(),
             tick,
@@ -356,6 +414,7 @@ impl Net {
         for peer in gone {
             tracing::warn!(%peer, "device no longer a member: disconnected");
             self.members.remove(&peer);
+            self.agreed.remove(&peer);
             self.disallow(peer);
         }
         let new: Vec<PeerId> = now.difference(&self.members).copied().collect();
@@ -475,18 +534,88 @@ impl Net {
             .collect()
     }
 
+    /// Pulls from `peer`: the summary as a delta against the one agreed with it, or whole.
     async fn pull(&mut self, peer: PeerId) {
-        if self.in_flight.contains(&peer) || self.blocked.contains(&peer) {
+        if self.in_flight.contains_key(&peer) || self.blocked.contains(&peer) {
             return;
         }
         let Ok(summary) = self.replica.call(|r| r.sync_summary()).await else {
             return;
         };
-        self.in_flight.insert(peer);
-        self.swarm
+        let delta = self
+            .agreed
+            .get(&peer)
+            .and_then(|agreed| sync::delta(agreed, &summary));
+        let (request, delta) = match delta {
+            Some(d) => {
+                self.stats.delta_pulls += 1;
+                (Request::PullDelta(d), true)
+            }
+            None => {
+                self.stats.full_pulls += 1;
+                (Request::Pull(summary.clone()), false)
+            }
+        };
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+        self.in_flight.insert(
+            peer,
+            Pending {
+                id,
+                summary: Arc::new(summary),
+                delta,
+            },
+        );
+    }
+
+    /// Remembers `summary` as agreed with `peer`, which answered `UpToDate` to it and so keeps
+    /// it: the base of the next pull to `peer`.
+    fn agree(&mut self, peer: PeerId, summary: Arc<Summary>) {
+        self.summaries.insert(summary.clone());
+        if self.members.contains(&peer) {
+            self.agreed.insert(peer, summary);
+        }
+    }
+
+    /// Answers a pull from `peer`, told whole or rebuilt from a delta.
+    async fn answer(
+        &mut self,
+        peer: PeerId,
+        channel: request_response::ResponseChannel<Response>,
+        summary: Summary,
+    ) {
+        let answer = self
+            .replica
+            .call(
+                move |r| -> Result<(Summary, Option<Page>), crate::ReplicaError> {
+                    if r.digest() == summary.digest {
+                        return Ok((summary, None));
+                    }
+                    let page = r.sync_page(&summary, sync::MAX_PAGE_BYTES)?;
+                    Ok((summary, Some(page)))
+                },
+            )
+            .await;
+        let peers = self.known_addrs(peer);
+        let response = match answer {
+            Ok(Ok((summary, None))) => {
+                // Equal digests: the requester's summary is this node's too. The requester
+                // will name it as the base of its next pull; this node keeps it before
+                // answering, so a requester that has the answer knows it is kept.
+                self.summaries.insert(Arc::new(summary));
+                Response::UpToDate { peers }
+            }
+            Ok(Ok((_, Some((changes, more))))) => Response::Changes {
+                changes,
+                more,
+                peers,
+            },
+            _ => return,
+        };
+        let _ = self
+            .swarm
             .behaviour_mut()
             .sync
-            .send_request(&peer, Request::Pull(summary));
+            .send_response(channel, response);
     }
 
     async fn on_command(&mut self, cmd: Command) {
@@ -494,6 +623,13 @@ impl Net {
             Command::Publish(envelope) => self.publish(envelope),
             Command::Peers(reply) => {
                 let _ = reply.send(self.peer_statuses());
+            }
+            Command::SyncStats(reply) => {
+                let _ = reply.send(SyncStats {
+                    agreed_peers: self.agreed.len(),
+                    cached_summaries: self.summaries.len(),
+                    ..self.stats
+                });
             }
             Command::Listening(reply) => {
                 let _ = reply.send(self.listening.clone());
@@ -575,7 +711,10 @@ impl Net {
 
     async fn ingest(&mut self, peer: PeerId, changes: Vec<Vec<u8>>) -> Vec<Report> {
         let source = peer.to_string();
-        let result = self.replica.call(move |r| r.ingest(changes, &source)).await;
+        let result = self
+            .replica
+            .call(move |r| r.ingest_received(changes, &source))
+            .await;
         match result {
             Ok(Ok(reports)) => {
                 self.score(peer, &reports);
@@ -680,67 +819,58 @@ impl Net {
                     request: Request::Pull(summary),
                     channel,
                     ..
+                } => self.answer(peer, channel, summary).await,
+                request_response::Message::Request {
+                    request: Request::PullDelta(delta),
+                    channel,
+                    ..
                 } => {
-                    let answer = self
-                        .replica
-                        .call(move |r| -> Result<Option<Page>, crate::ReplicaError> {
-                            if r.digest() == summary.digest {
-                                return Ok(None);
-                            }
-                            r.sync_page(&summary, sync::MAX_PAGE_BYTES).map(Some)
-                        })
-                        .await;
-                    let peers = self.known_addrs(peer);
-                    let response = match answer {
-                        Ok(Ok(None)) => Response::UpToDate { peers },
-                        Ok(Ok(Some((changes, more)))) => Response::Changes {
-                            changes,
-                            more,
-                            peers,
-                        },
-                        _ => return,
+                    let rebuilt = match self.summaries.get(&delta.base) {
+                        Some(base) => sync::resolve(&base, &delta),
+                        None => Err(sync::DeltaError::OtherBase),
                     };
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_response(channel, response);
+                    match rebuilt {
+                        Ok(summary) => {
+                            self.stats.deltas_served += 1;
+                            self.answer(peer, channel, summary).await;
+                        }
+                        Err(why) => {
+                            // Not an offence: a restarted node or an evicted base looks the
+                            // same. The requester pulls again with its whole summary.
+                            tracing::debug!(%peer, %why, "delta pull answered UnknownBase");
+                            self.stats.deltas_refused += 1;
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .sync
+                                .send_response(channel, Response::UnknownBase);
+                        }
+                    }
                 }
-                request_response::Message::Response { response, .. } => {
-                    self.in_flight.remove(&peer);
-                    let (changes, more, peers) = match response {
-                        Response::UpToDate { peers } => (Vec::new(), false, peers),
-                        Response::Changes {
-                            changes,
-                            more,
-                            peers,
-                        } => (changes, more, peers),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    let pending = match self.in_flight.get(&peer) {
+                        Some(p) if p.id == request_id => self.in_flight.remove(&peer),
+                        _ => None,
                     };
-                    if changes.len() > sync::MAX_PAGE_CHANGES {
-                        tracing::warn!(%peer, n = changes.len(), "oversized sync page: peer banned");
-                        let p = self.peers.entry(peer).or_default();
-                        p.rejected += BAN_AFTER;
-                        self.score(peer, &[]);
-                        return;
-                    }
-                    self.learn(peers);
-                    let reports = if changes.is_empty() {
-                        Vec::new()
-                    } else {
-                        self.ingest(peer, changes).await
-                    };
-                    let p = self.peers.entry(peer).or_default();
-                    p.last_sync = Some(SystemTime::now());
-                    let progressed = reports
-                        .iter()
-                        .any(|r| matches!(r.outcome, Outcome::Accepted));
-                    if more && progressed {
-                        self.pull(peer).await;
-                    }
+                    self.on_answer(peer, pending, response).await;
                 }
             },
-            request_response::Event::OutboundFailure { peer, error, .. } => {
-                self.in_flight.remove(&peer);
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if self
+                    .in_flight
+                    .get(&peer)
+                    .is_some_and(|p| p.id == request_id)
+                {
+                    self.in_flight.remove(&peer);
+                }
                 match error {
                     // The answer was larger than the protocol allows (cut at the limit, it
                     // ends early) or not its CBOR. A peer that dies mid-answer resets the
@@ -760,6 +890,60 @@ impl Net {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Takes a peer's answer to a pull; `pending` is the pull, unless it was given up.
+    async fn on_answer(&mut self, peer: PeerId, pending: Option<Pending>, response: Response) {
+        let (changes, more, peers) = match response {
+            Response::UnknownBase => {
+                // The peer does not hold the summary the delta was against (it restarted, or
+                // evicted it): forget it and pull again with the whole summary. An honest peer
+                // never answers a whole summary so; that answer is dropped, not retried.
+                self.agreed.remove(&peer);
+                self.stats.unknown_base_answers += 1;
+                if pending.is_some_and(|p| p.delta) {
+                    self.pull(peer).await;
+                } else {
+                    tracing::debug!(%peer, "UnknownBase to a whole summary: ignored");
+                }
+                return;
+            }
+            Response::UpToDate { peers } => {
+                if let Some(p) = &pending {
+                    self.agree(peer, p.summary.clone());
+                }
+                (Vec::new(), false, peers)
+            }
+            Response::Changes {
+                changes,
+                more,
+                peers,
+            } => (changes, more, peers),
+        };
+        if changes.len() > sync::MAX_PAGE_CHANGES {
+            tracing::warn!(%peer, n = changes.len(), "oversized sync page: peer banned");
+            let p = self.peers.entry(peer).or_default();
+            p.rejected += BAN_AFTER;
+            self.score(peer, &[]);
+            return;
+        }
+        if !changes.is_empty() && pending.as_ref().is_some_and(|p| p.delta) {
+            self.stats.delta_pulls_with_changes += 1;
+        }
+        self.learn(peers);
+        let reports = if changes.is_empty() {
+            Vec::new()
+        } else {
+            self.ingest(peer, changes).await
+        };
+        let p = self.peers.entry(peer).or_default();
+        p.last_sync = Some(SystemTime::now());
+        let progressed = reports
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Accepted));
+        if more && progressed {
+            self.pull(peer).await;
         }
     }
 
@@ -820,4 +1004,261 @@ fn penalises(code: &str) -> bool {
         code,
         "equivocation" | "frozen" | "built_on_equivocation" | "device_frozen"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+    use kervan_protocol::sync::{Changed, Delta, Head};
+    use kervan_protocol::{Actor, DocId, Hash};
+    use libp2p::request_response::Codec as _;
+
+    use super::*;
+
+    type SyncCodec = request_response::cbor::codec::Codec<Request, Response>;
+
+    fn codec() -> SyncCodec {
+        SyncCodec::default()
+            .set_request_size_maximum(sync::MAX_REQUEST_BYTES as u64)
+            .set_response_size_maximum(sync::MAX_RESPONSE_BYTES as u64)
+    }
+
+    fn protocol() -> StreamProtocol {
+        StreamProtocol::new(sync::PROTOCOL)
+    }
+
+    /// A request as the node's codec writes it.
+    fn write_request(req: Request) -> Vec<u8> {
+        let mut out = Vec::new();
+        codec()
+            .write_request(&protocol(), &mut out, req)
+            .now_or_never()
+            .expect("memory does not wait")
+            .expect("encodes");
+        out
+    }
+
+    fn read_request(mut bytes: &[u8]) -> std::io::Result<Request> {
+        codec()
+            .read_request(&protocol(), &mut bytes)
+            .now_or_never()
+            .expect("memory does not wait")
+    }
+
+    fn write_response(resp: Response) -> Vec<u8> {
+        let mut out = Vec::new();
+        codec()
+            .write_response(&protocol(), &mut out, resp)
+            .now_or_never()
+            .expect("memory does not wait")
+            .expect("encodes");
+        out
+    }
+
+    fn read_response(mut bytes: &[u8]) -> std::io::Result<Response> {
+        codec()
+            .read_response(&protocol(), &mut bytes)
+            .now_or_never()
+            .expect("memory does not wait")
+    }
+
+    fn actor(n: u8) -> Actor {
+        Actor {
+            key: DeviceKey([n; 32]),
+            epoch: [n ^ 0x5a; 8],
+        }
+    }
+
+    fn head(doc: &str, a: u8, seq: u64, h: u8) -> Head {
+        Head {
+            doc: doc.parse().expect("doc"),
+            actor: actor(a),
+            seq,
+            hash: Hash([h; 32]),
+        }
+    }
+
+    /// Three founding parks, each writing the federation document and its own ledger with
+    /// its one actor: six heads.
+    fn six_heads() -> Summary {
+        Summary::new(vec![
+            head("federation", 1, 4, 1),
+            head("federation", 2, 2, 2),
+            head("federation", 3, 2, 3),
+            head("park/kz-astana-hub", 1, 70_000, 4),
+            head("park/uz-it-park", 2, 1_500, 5),
+            head("park/kg-high-tech-park", 3, 90, 6),
+        ])
+    }
+
+    #[test]
+    fn a_pull_with_six_heads_is_under_500_bytes_and_a_delta_of_one_under_128() {
+        let full = six_heads();
+        let bytes = write_request(Request::Pull(full.clone()));
+        assert!(bytes.len() < 500, "{} bytes", bytes.len());
+        let mut current = full.heads.clone();
+        current[3].seq += 1;
+        current[3].hash = Hash([9; 32]);
+        let current = Summary::new(current);
+        let d = sync::delta(&full, &current).expect("a delta");
+        let small = write_request(Request::PullDelta(d));
+        assert!(small.len() < 128, "{} bytes", small.len());
+        let nothing = sync::delta(&current, &current).expect("a delta");
+        assert!(write_request(Request::PullDelta(nothing)).len() < 80);
+        eprintln!(
+            "pull with six heads: {} B; delta of one head: {} B",
+            bytes.len(),
+            small.len()
+        );
+    }
+
+    #[test]
+    fn a_pull_with_six_heads_of_six_actors_is_mostly_identifiers() {
+        // The benchmark's registry: the federation document's genesis and five ledgers, each
+        // head by another actor. Its 40-byte actors and 32-byte hashes alone are 432 bytes.
+        let parks = [
+            "az-sabah-lab",
+            "kg-htp",
+            "kz-astana-hub",
+            "tr-bilisim-vadisi",
+        ];
+        let mut heads = vec![
+            head("federation", 1, 1, 1),
+            head("park/uz-it-park", 2, 3009, 2),
+        ];
+        for (i, p) in parks.iter().enumerate() {
+            heads.push(head(&format!("park/{p}"), 3 + i as u8, 3003, 3 + i as u8));
+        }
+        let bytes = write_request(Request::Pull(Summary::new(heads))).len();
+        assert!(bytes < 432 + 128, "{bytes} bytes");
+        eprintln!("pull with six heads of six actors: {bytes} B");
+    }
+
+    #[test]
+    fn messages_survive_the_codec() {
+        let full = six_heads();
+        let back = read_request(&write_request(Request::Pull(full.clone()))).expect("decodes");
+        assert_eq!(back, Request::Pull(full.clone()));
+        let empty = Summary::new(Vec::new());
+        let back = read_request(&write_request(Request::Pull(empty.clone()))).expect("decodes");
+        assert_eq!(back, Request::Pull(empty));
+        let delta = Request::PullDelta(Delta {
+            base: Hash([1; 32]),
+            digest: Hash([2; 32]),
+            changed: vec![
+                Changed {
+                    index: 0,
+                    seq: 1,
+                    hash: Hash([3; 32]),
+                },
+                Changed {
+                    index: 70_000,
+                    seq: u64::MAX,
+                    hash: Hash([4; 32]),
+                },
+            ],
+            added: vec![
+                head("federation", 7, 1, 7),
+                head("park/kz-astana-hub", 7, 2, 8),
+                head("park/kz-astana-hub", 8, 3, 9),
+            ],
+        });
+        assert_eq!(
+            read_request(&write_request(delta.clone())).expect("decodes"),
+            delta
+        );
+        let peers = vec![PeerAddrs {
+            peer: "12D3KooWpeer".into(),
+            addrs: vec!["/ip4/127.0.0.1/tcp/7701".into()],
+        }];
+        for r in [
+            Response::UpToDate {
+                peers: peers.clone(),
+            },
+            Response::Changes {
+                changes: vec![vec![1, 2, 3], Vec::new()],
+                more: true,
+                peers,
+            },
+            Response::UnknownBase,
+        ] {
+            assert_eq!(
+                read_response(&write_response(r.clone())).expect("decodes"),
+                r
+            );
+        }
+        assert_eq!(write_response(Response::UnknownBase), [0x81, 0x02]);
+    }
+
+    /// `[0, [[actor], [[doc, index, 1, hash]]]]` with the given parts.
+    fn pull_bytes(
+        doc: &str,
+        actor_len: usize,
+        index: u8,
+        hash_len: usize,
+        trailing: bool,
+    ) -> Vec<u8> {
+        let mut b = vec![if trailing { 0x83 } else { 0x82 }, 0x00, 0x82, 0x81];
+        b.extend([0x58, actor_len as u8]);
+        b.extend(vec![0x11; actor_len]);
+        b.extend([0x81, 0x84, 0x60 + doc.len() as u8]);
+        b.extend(doc.as_bytes());
+        b.extend([index, 0x01, 0x58, hash_len as u8]);
+        b.extend(vec![0x22; hash_len]);
+        if trailing {
+            b.push(0x00);
+        }
+        b
+    }
+
+    #[test]
+    fn malformed_messages_are_refused() {
+        let good = read_request(&pull_bytes("", 40, 0, 32, false)).expect("decodes");
+        let Request::Pull(s) = good else {
+            panic!("a pull")
+        };
+        assert_eq!(s.heads.len(), 1);
+        assert_eq!(s.heads[0].doc, DocId::Federation);
+        let Ok(Request::Pull(ledger)) = read_request(&pull_bytes("kg-htp", 40, 0, 32, false))
+        else {
+            panic!("a pull")
+        };
+        assert_eq!(ledger.heads[0].doc.to_string(), "park/kg-htp");
+        assert_eq!(s.digest, sync::digest(&s.heads), "the digest is the heads'");
+        for (what, bytes) in [
+            ("a 39-byte actor", pull_bytes("", 39, 0, 32, false)),
+            (
+                "an actor index past the table",
+                pull_bytes("", 40, 1, 32, false),
+            ),
+            (
+                "a document that is no park id",
+                pull_bytes("park/kg-htp", 40, 0, 32, false),
+            ),
+            ("a 31-byte hash", pull_bytes("", 40, 0, 31, false)),
+            ("a trailing element", pull_bytes("", 40, 0, 32, true)),
+            ("an unknown kind", vec![0x82, 0x07, 0x80]),
+            ("a head cut short", {
+                let mut b = pull_bytes("", 40, 0, 32, false);
+                b[4 + 2 + 40 + 1] = 0x83;
+                b.truncate(4 + 2 + 40 + 3 + 2);
+                b
+            }),
+            ("a map", vec![0xa1, 0x64, b'P', b'u', b'l', b'l', 0x80]),
+        ] {
+            // Not the protocol's CBOR (`InvalidData`), or not its messages (`Other`, as the
+            // codec reports serde's errors).
+            let e = read_request(&bytes).expect_err(what);
+            assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::Other
+                ),
+                "{what}: {e}"
+            );
+        }
+        for bytes in [vec![0x81, 0x03], vec![0x82, 0x02, 0x00], vec![0x81, 0x01]] {
+            assert!(read_response(&bytes).is_err(), "{bytes:?}");
+        }
+    }
 }

@@ -1,30 +1,63 @@
-//! Anti-entropy (DESIGN §6): the wire messages of `/kervan/sync/1` and the pure decision of
+//! Anti-entropy (DESIGN §6): the wire messages of `/kervan/sync/2` and the pure decisions of
 //! what one node must send another.
 //!
 //! A node sends its summary: for each (document, actor) the highest accepted seq and that
-//! change's hash, and the digest of the whole. Equal digests end the exchange in one round
-//! trip. Otherwise the peer answers with the changes the requester lacks, in causal order, in
-//! pages bounded in bytes; a head with the same seq and another hash reveals equivocation, and
-//! the peer sends its own change at that seq as evidence.
+//! change's hash. Equal digests end the exchange in one round trip. Otherwise the peer answers
+//! with the changes the requester lacks, in causal order, in pages bounded in bytes; a head
+//! with the same seq and another hash reveals equivocation, and the peer sends its own change
+//! at that seq as evidence.
+//!
+//! When a pull ends with equal digests, both nodes know the same summary: the responder keeps
+//! it by digest ([`SummaryCache`]), the requester keeps it as agreed with that peer, the
+//! analogue of Automerge's sync state. The requester's next pull to that peer names it by its
+//! digest and carries only the heads that differ from it ([`Delta`], made by [`delta`]), with
+//! the digest of its whole summary; the responder rebuilds the whole summary from the cached
+//! one ([`resolve`]) and checks the rebuilt digest against the requester's. A responder that
+//! does not hold the base, or rebuilds another digest, answers [`Response::UnknownBase`], and
+//! the requester pulls again with its whole summary.
+//!
+//! # Wire form
+//!
+//! CBOR as libp2p's request-response codec writes it (`cbor4ii`): arrays rather than maps,
+//! hashes and actors as byte strings (32 and 40 bytes), each actor and each document once.
+//!
+//! ```text
+//! Request  = [0, Summary] / [1, Delta]
+//! Summary  = [actors, groups]                ; no digest: it is computed again on decoding
+//! Delta    = [base: bstr 32, digest: bstr 32, changed, actors, groups]  ; groups: added heads
+//! actors   = [* bstr 40]                     ; device key and store epoch, each actor once
+//! groups   = [* [doc, * (actor: uint, seq: uint, hash: bstr 32)]]  ; actor: index in actors
+//! doc      = "" / park-id: tstr              ; the federation document, or a park's ledger
+//! changed  = [* (index: uint, seq: uint, hash: bstr 32)]  ; index in the base's sorted heads
+//! Response = [0, peers] / [1, [* envelope: bstr], more: bool, peers] / [2]  ; 2: UnknownBase
+//! peers    = [* [peer: tstr, [* addr: tstr]]]
+//! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use crate::ids::{Actor, DocId, Hash};
 
 /// The request-response protocol name.
-pub const PROTOCOL: &str = "/kervan/sync/1";
+pub const PROTOCOL: &str = "/kervan/sync/2";
 /// The most bytes of changes one page carries (the last change may cross it).
 pub const MAX_PAGE_BYTES: usize = 1 << 20;
 /// The most changes one page carries; an answer with more is refused whole.
 pub const MAX_PAGE_CHANGES: usize = 4096;
-/// The largest request a node reads: a summary of some 10,000 actors.
+/// The largest request a node reads: a summary of some 20,000 actors.
 pub const MAX_REQUEST_BYTES: usize = 2 << 20;
 /// The largest response a node reads: a full page and its framing.
 pub const MAX_RESPONSE_BYTES: usize = MAX_PAGE_BYTES + (1 << 20);
+/// Summaries a [`SummaryCache`] keeps by default.
+pub const CACHED_SUMMARIES: usize = 64;
+/// Heads, summed over its summaries, a [`SummaryCache`] keeps by default.
+pub const CACHED_HEADS: usize = 1 << 16;
 
 /// An actor's newest accepted change in a document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,8 +68,10 @@ pub struct Head {
     pub hash: Hash,
 }
 
-/// What a node holds, in brief.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a node holds, in brief. On the wire it is its heads (see the module's wire form); the
+/// digest is computed again from them on decoding, so a decoded summary's digest is always its
+/// heads' digest and its heads are sorted.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub digest: Hash,
     pub heads: Vec<Head>,
@@ -45,12 +80,17 @@ pub struct Summary {
 impl Summary {
     /// Builds a summary and its digest from the heads, in any order.
     pub fn new(mut heads: Vec<Head>) -> Self {
-        heads.sort_by(|a, b| (&a.doc, &a.actor).cmp(&(&b.doc, &b.actor)));
+        heads.sort_by(|a, b| key(a).cmp(&key(b)));
         Self {
             digest: digest(&heads),
             heads,
         }
     }
+}
+
+/// The order of a summary's heads.
+fn key(h: &Head) -> (&DocId, &Actor) {
+    (&h.doc, &h.actor)
 }
 
 /// The state digest: equal on two nodes exactly when they hold the same accepted changes.
@@ -69,48 +109,220 @@ pub fn digest(heads: &[Head]) -> Hash {
 }
 
 /// A member's known addresses, passed on so a park needs only one reachable peer to find the
-/// rest of the federation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// rest of the federation. On the wire: `[peer, [addr...]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerAddrs {
     pub peer: String,
     pub addrs: Vec<String>,
 }
 
-/// A request of `/kervan/sync/1`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A request of `/kervan/sync/2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// "This is what I hold: send what I lack."
     Pull(Summary),
+    /// The same, told as the difference from a summary both sides agreed on.
+    PullDelta(Delta),
 }
 
-/// A response of `/kervan/sync/1`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A response of `/kervan/sync/2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// The digests are equal.
     UpToDate { peers: Vec<PeerAddrs> },
     /// Signed envelopes the requester lacks, in causal order; `more` when the page was full.
     Changes {
-        #[serde(with = "envelopes")]
         changes: Vec<Vec<u8>>,
         more: bool,
         peers: Vec<PeerAddrs>,
     },
+    /// The answer to a [`Request::PullDelta`] whose base this node does not hold, or from which
+    /// it rebuilds another digest than the requester's: pull again with the whole summary.
+    UnknownBase,
 }
 
-mod envelopes {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use serde_bytes::ByteBuf;
+/// A summary told as its difference from an agreed one (the base): what a node sends a peer
+/// with which its last exchange ended with equal digests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    /// The digest of the agreed summary.
+    pub base: Hash,
+    /// The digest of the requester's whole summary, which the rebuilt summary must have.
+    pub digest: Hash,
+    /// Heads of the base with another seq or hash, by index into the base's heads, increasing.
+    pub changed: Vec<Changed>,
+    /// Heads the base lacks, sorted by document and actor.
+    pub added: Vec<Head>,
+}
 
-    pub(super) fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
-        let bufs: Vec<&serde_bytes::Bytes> = v.iter().map(|b| serde_bytes::Bytes::new(b)).collect();
-        bufs.serialize(s)
+/// A head of the base that moved: the base's head at `index` now stands at `seq` with `hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changed {
+    pub index: u32,
+    pub seq: u64,
+    pub hash: Hash,
+}
+
+/// Why a delta does not rebuild a summary. The responder answers each with
+/// [`Response::UnknownBase`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeltaError {
+    #[error("the delta is against another base")]
+    OtherBase,
+    #[error("changed heads are out of order or named twice")]
+    ChangedOrder,
+    #[error("a changed head's index is past the base's heads")]
+    IndexOutOfRange,
+    #[error("added heads are out of order or named twice")]
+    AddedOrder,
+    #[error("an added head is already in the base")]
+    AddedInBase,
+    #[error("the rebuilt summary has another digest than the requester's")]
+    DigestMismatch,
+}
+
+/// `current` told as its difference from `agreed`; `None` when it cannot be (a head of
+/// `agreed` is gone from `current`, or either is not sorted and unique): send it whole then.
+pub fn delta(agreed: &Summary, current: &Summary) -> Option<Delta> {
+    let mut changed = Vec::new();
+    let mut added = Vec::new();
+    let mut base = agreed.heads.iter().enumerate().peekable();
+    let mut prev: Option<(&DocId, &Actor)> = None;
+    for head in &current.heads {
+        let k = key(head);
+        if prev.is_some_and(|p| p >= k) {
+            return None;
+        }
+        prev = Some(k);
+        match base.peek() {
+            // A head of the agreed summary that `current` lacks: heads do not disappear, but
+            // a delta cannot say so.
+            Some(&(_, b)) if key(b) < k => return None,
+            Some(&(i, b)) if key(b) == k => {
+                if b.seq != head.seq || b.hash != head.hash {
+                    changed.push(Changed {
+                        index: u32::try_from(i).ok()?,
+                        seq: head.seq,
+                        hash: head.hash,
+                    });
+                }
+                base.next();
+            }
+            _ => added.push(head.clone()),
+        }
+    }
+    if base.next().is_some() {
+        return None;
+    }
+    Some(Delta {
+        base: agreed.digest,
+        digest: current.digest,
+        changed,
+        added,
+    })
+}
+
+/// The requester's whole summary, rebuilt from the agreed `base` and its `delta`. Refuses a
+/// delta against another base, with changed heads out of order, named twice or past the base,
+/// with added heads out of order, named twice or already in the base, and one whose rebuilt
+/// digest is not the requester's.
+pub fn resolve(base: &Summary, delta: &Delta) -> Result<Summary, DeltaError> {
+    if base.digest != delta.base {
+        return Err(DeltaError::OtherBase);
+    }
+    let mut heads = base.heads.clone();
+    let mut lowest = 0usize;
+    for c in &delta.changed {
+        let i = c.index as usize;
+        if i < lowest {
+            return Err(DeltaError::ChangedOrder);
+        }
+        let h = heads.get_mut(i).ok_or(DeltaError::IndexOutOfRange)?;
+        h.seq = c.seq;
+        h.hash = c.hash;
+        lowest = i + 1;
+    }
+    if delta.added.windows(2).any(|w| key(&w[0]) >= key(&w[1])) {
+        return Err(DeltaError::AddedOrder);
+    }
+    let mut out = Vec::with_capacity(heads.len() + delta.added.len());
+    let mut added = delta.added.iter().peekable();
+    for h in heads {
+        while let Some(a) = added.next_if(|a| key(a) < key(&h)) {
+            out.push(a.clone());
+        }
+        if added.peek().is_some_and(|a| key(a) == key(&h)) {
+            return Err(DeltaError::AddedInBase);
+        }
+        out.push(h);
+    }
+    out.extend(added.cloned());
+    let digest = digest(&out);
+    if digest != delta.digest {
+        return Err(DeltaError::DigestMismatch);
+    }
+    Ok(Summary { digest, heads: out })
+}
+
+/// Agreed summaries by digest, the newest used kept: a responder's memory of the bases its
+/// peers may name. Bounded in summaries and in heads summed over them; a summary larger than
+/// the whole budget is not kept.
+#[derive(Debug)]
+pub struct SummaryCache {
+    entries: VecDeque<Arc<Summary>>,
+    heads: usize,
+    max_entries: usize,
+    max_heads: usize,
+}
+
+impl Default for SummaryCache {
+    fn default() -> Self {
+        Self::new(CACHED_SUMMARIES, CACHED_HEADS)
+    }
+}
+
+impl SummaryCache {
+    pub fn new(max_entries: usize, max_heads: usize) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            heads: 0,
+            max_entries,
+            max_heads,
+        }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
-        Ok(Vec::<ByteBuf>::deserialize(d)?
-            .into_iter()
-            .map(ByteBuf::into_vec)
-            .collect())
+    /// Keeps `summary` as the newest, dropping the least recently used beyond the bounds.
+    pub fn insert(&mut self, summary: Arc<Summary>) {
+        if self.get(&summary.digest).is_some() {
+            return;
+        }
+        if summary.heads.len() > self.max_heads || self.max_entries == 0 {
+            return;
+        }
+        self.heads += summary.heads.len();
+        self.entries.push_back(summary);
+        while self.entries.len() > self.max_entries || self.heads > self.max_heads {
+            match self.entries.pop_front() {
+                Some(old) => self.heads -= old.heads.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// The summary with this digest, now the most recently used.
+    pub fn get(&mut self, digest: &Hash) -> Option<Arc<Summary>> {
+        let i = self.entries.iter().position(|s| s.digest == *digest)?;
+        let s = self.entries.remove(i)?;
+        self.entries.push_back(s.clone());
+        Some(s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
 
@@ -126,14 +338,11 @@ pub struct Missing {
 /// Where both hold the same seq with different hashes, the local change at that seq is sent
 /// too: it is the evidence of equivocation.
 pub fn missing(local: &Summary, remote: &Summary) -> Vec<Missing> {
-    let theirs: HashMap<(&DocId, &Actor), &Head> = remote
-        .heads
-        .iter()
-        .map(|h| ((&h.doc, &h.actor), h))
-        .collect();
+    let theirs: HashMap<(&DocId, &Actor), &Head> =
+        remote.heads.iter().map(|h| (key(h), h)).collect();
     let mut out = Vec::new();
     for mine in &local.heads {
-        let from = match theirs.get(&(&mine.doc, &mine.actor)) {
+        let from = match theirs.get(&key(mine)) {
             None => 1,
             Some(t) if t.seq < mine.seq => t.seq + 1,
             Some(t) if t.seq == mine.seq && t.hash != mine.hash => mine.seq,
@@ -148,6 +357,396 @@ pub fn missing(local: &Summary, remote: &Summary) -> Vec<Missing> {
     out
 }
 
+// The wire form.
+
+/// A byte string of exactly `N` bytes.
+struct Fixed<const N: usize>([u8; N]);
+
+impl<'de, const N: usize> Deserialize<'de> for Fixed<N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<const N: usize>;
+        impl<const N: usize> Visitor<'_> for V<N> {
+            type Value = Fixed<N>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a byte string of {N} bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Fixed<N>, E> {
+                <[u8; N]>::try_from(v)
+                    .map(Fixed)
+                    .map_err(|_| E::invalid_length(v.len(), &self))
+            }
+        }
+        d.deserialize_bytes(V::<N>)
+    }
+}
+
+fn bytes(b: &[u8]) -> &serde_bytes::Bytes {
+    serde_bytes::Bytes::new(b)
+}
+
+/// The next element of an array that must have it.
+fn field<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(
+    seq: &mut A,
+    i: usize,
+    what: &'static str,
+) -> Result<T, A::Error> {
+    seq.next_element()?
+        .ok_or_else(|| de::Error::invalid_length(i, &what))
+}
+
+/// The end of an array: anything more is refused.
+fn end<'de, A: SeqAccess<'de>>(seq: &mut A, what: &'static str) -> Result<(), A::Error> {
+    match seq.next_element::<IgnoredAny>()? {
+        None => Ok(()),
+        Some(_) => Err(de::Error::custom(format_args!(
+            "trailing elements in {what}"
+        ))),
+    }
+}
+
+/// The heads of a summary or a delta as the wire carries them: each actor once, in the order
+/// of first appearance, then the heads grouped by runs of one document.
+fn heads_out(heads: &[Head]) -> (ActorsOut, Vec<GroupOut<'_>>) {
+    let mut index: HashMap<Actor, u32> = HashMap::new();
+    let mut actors = Vec::new();
+    let mut groups: Vec<GroupOut<'_>> = Vec::new();
+    for h in heads {
+        let next = index.len() as u32;
+        let a = *index.entry(h.actor).or_insert_with(|| {
+            actors.push(h.actor.to_bytes());
+            next
+        });
+        match groups.last_mut() {
+            Some(g) if *g.doc == h.doc => g.heads.push((a, h)),
+            _ => groups.push(GroupOut {
+                doc: &h.doc,
+                heads: vec![(a, h)],
+            }),
+        }
+    }
+    (ActorsOut(actors), groups)
+}
+
+/// The heads an actor table and groups stand for, in the order the wire gives them.
+fn heads_in<E: de::Error>(
+    actors: Vec<Fixed<{ Actor::LEN }>>,
+    groups: Vec<GroupIn>,
+) -> Result<Vec<Head>, E> {
+    let actors: Vec<Actor> = actors
+        .iter()
+        .filter_map(|a| Actor::from_bytes(&a.0))
+        .collect();
+    let mut out = Vec::new();
+    for g in groups {
+        for (a, seq, hash) in g.heads {
+            let actor = *actors
+                .get(a as usize)
+                .ok_or_else(|| E::custom("actor index past the actor table"))?;
+            out.push(Head {
+                doc: g.doc.clone(),
+                actor,
+                seq,
+                hash,
+            });
+        }
+    }
+    Ok(out)
+}
+
+struct ActorsOut(Vec<[u8; Actor::LEN]>);
+
+impl Serialize for ActorsOut {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|a| bytes(a)))
+    }
+}
+
+/// `[doc, actor, seq, hash, actor, seq, hash...]`
+struct GroupOut<'a> {
+    doc: &'a DocId,
+    heads: Vec<(u32, &'a Head)>,
+}
+
+impl Serialize for GroupOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq as _;
+        let mut seq = s.serialize_seq(Some(1 + 3 * self.heads.len()))?;
+        seq.serialize_element(&DocOut(self.doc))?;
+        for (a, h) in &self.heads {
+            seq.serialize_element(a)?;
+            seq.serialize_element(&h.seq)?;
+            seq.serialize_element(bytes(&h.hash.0))?;
+        }
+        seq.end()
+    }
+}
+
+/// A document on the wire: `""` for the federation document, the park id for its ledger.
+struct DocOut<'a>(&'a DocId);
+
+impl Serialize for DocOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            DocId::Federation => s.serialize_str(""),
+            DocId::Ledger(park) => s.serialize_str(park.as_str()),
+        }
+    }
+}
+
+struct DocIn(DocId);
+
+impl<'de> Deserialize<'de> for DocIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = DocIn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"\" or a park id")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DocIn, E> {
+                if v.is_empty() {
+                    return Ok(DocIn(DocId::Federation));
+                }
+                v.parse()
+                    .map(|p| DocIn(DocId::Ledger(p)))
+                    .map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+struct GroupIn {
+    doc: DocId,
+    heads: Vec<(u32, u64, Hash)>,
+}
+
+impl<'de> Deserialize<'de> for GroupIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = GroupIn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a document and its heads")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<GroupIn, A::Error> {
+                let DocIn(doc) = field(&mut seq, 0, "a document")?;
+                let heads = triples(&mut seq, 1)?;
+                Ok(GroupIn { doc, heads })
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// The rest of an array as (uint, uint, 32 bytes) triples; `at` elements were read before.
+fn triples<'de, A: SeqAccess<'de>>(
+    seq: &mut A,
+    at: usize,
+) -> Result<Vec<(u32, u64, Hash)>, A::Error> {
+    let mut out = Vec::new();
+    while let Some(a) = seq.next_element::<u32>()? {
+        let i = at + 3 * out.len();
+        let n: u64 = field(seq, i + 1, "a seq")?;
+        let h: Fixed<32> = field(seq, i + 2, "a hash")?;
+        out.push((a, n, Hash(h.0)));
+    }
+    Ok(out)
+}
+
+/// `[index, seq, hash, index, seq, hash...]`
+struct ChangedOut<'a>(&'a [Changed]);
+
+impl Serialize for ChangedOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq as _;
+        let mut seq = s.serialize_seq(Some(3 * self.0.len()))?;
+        for c in self.0 {
+            seq.serialize_element(&c.index)?;
+            seq.serialize_element(&c.seq)?;
+            seq.serialize_element(bytes(&c.hash.0))?;
+        }
+        seq.end()
+    }
+}
+
+struct ChangedIn(Vec<Changed>);
+
+impl<'de> Deserialize<'de> for ChangedIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ChangedIn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("changed heads")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ChangedIn, A::Error> {
+                Ok(ChangedIn(
+                    triples(&mut seq, 0)?
+                        .into_iter()
+                        .map(|(index, seq, hash)| Changed { index, seq, hash })
+                        .collect(),
+                ))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+impl Serialize for Summary {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        heads_out(&self.heads).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Summary {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (actors, groups) = <(Vec<Fixed<{ Actor::LEN }>>, Vec<GroupIn>)>::deserialize(d)?;
+        Ok(Summary::new(heads_in(actors, groups)?))
+    }
+}
+
+impl Serialize for Delta {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (actors, groups) = heads_out(&self.added);
+        (
+            bytes(&self.base.0),
+            bytes(&self.digest.0),
+            ChangedOut(&self.changed),
+            actors,
+            groups,
+        )
+            .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Delta {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        type Wire = (
+            Fixed<32>,
+            Fixed<32>,
+            ChangedIn,
+            Vec<Fixed<{ Actor::LEN }>>,
+            Vec<GroupIn>,
+        );
+        let (base, digest, changed, actors, groups) = Wire::deserialize(d)?;
+        Ok(Delta {
+            base: Hash(base.0),
+            digest: Hash(digest.0),
+            changed: changed.0,
+            added: heads_in(actors, groups)?,
+        })
+    }
+}
+
+impl Serialize for PeerAddrs {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.peer, &self.addrs).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerAddrs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (peer, addrs) = <(String, Vec<String>)>::deserialize(d)?;
+        Ok(PeerAddrs { peer, addrs })
+    }
+}
+
+struct EnvelopesOut<'a>(&'a [Vec<u8>]);
+
+impl Serialize for EnvelopesOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|e| bytes(e)))
+    }
+}
+
+fn envelopes_in(v: Vec<serde_bytes::ByteBuf>) -> Vec<Vec<u8>> {
+    v.into_iter().map(serde_bytes::ByteBuf::into_vec).collect()
+}
+
+impl Serialize for Request {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Request::Pull(summary) => (0u8, summary).serialize(s),
+            Request::PullDelta(delta) => (1u8, delta).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Request {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Request;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sync request")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Request, A::Error> {
+                let request = match field::<u8, A>(&mut seq, 0, "a request kind")? {
+                    0 => Request::Pull(field(&mut seq, 1, "a summary")?),
+                    1 => Request::PullDelta(field(&mut seq, 1, "a delta")?),
+                    k => {
+                        return Err(de::Error::invalid_value(
+                            de::Unexpected::Unsigned(k.into()),
+                            &"0 or 1",
+                        ));
+                    }
+                };
+                end(&mut seq, "a request")?;
+                Ok(request)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+impl Serialize for Response {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Response::UpToDate { peers } => (0u8, peers).serialize(s),
+            Response::Changes {
+                changes,
+                more,
+                peers,
+            } => (1u8, EnvelopesOut(changes), more, peers).serialize(s),
+            Response::UnknownBase => (2u8,).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Response {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Response;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sync response")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Response, A::Error> {
+                let response = match field::<u8, A>(&mut seq, 0, "a response kind")? {
+                    0 => Response::UpToDate {
+                        peers: field(&mut seq, 1, "peers")?,
+                    },
+                    1 => Response::Changes {
+                        changes: envelopes_in(field(&mut seq, 1, "envelopes")?),
+                        more: field(&mut seq, 2, "more")?,
+                        peers: field(&mut seq, 3, "peers")?,
+                    },
+                    2 => Response::UnknownBase,
+                    k => {
+                        return Err(de::Error::invalid_value(
+                            de::Unexpected::Unsigned(k.into()),
+                            &"0, 1 or 2",
+                        ));
+                    }
+                };
+                end(&mut seq, "a response")?;
+                Ok(response)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +801,250 @@ mod tests {
         let empty = Summary::new(vec![]);
         assert_eq!(missing(&local, &empty)[0].seqs, 1..=3);
         assert_ne!(local.digest, empty.digest);
+    }
+
+    fn agreed_and_current() -> (Summary, Summary) {
+        let agreed = Summary::new(vec![
+            head("federation", 1, 3, 9),
+            head("federation", 2, 4, 8),
+            head("park/kg-htp", 2, 5, 7),
+            head("park/uz-it-park", 3, 2, 6),
+        ]);
+        let current = Summary::new(vec![
+            head("federation", 1, 3, 9),
+            head("federation", 2, 6, 5),
+            head("federation", 4, 1, 1),
+            head("park/kg-htp", 2, 5, 7),
+            head("park/kz-astana-hub", 4, 1, 2),
+            head("park/uz-it-park", 3, 2, 3),
+        ]);
+        (agreed, current)
+    }
+
+    #[test]
+    fn a_delta_carries_only_what_moved_and_rebuilds_the_summary() {
+        let (agreed, current) = agreed_and_current();
+        let d = delta(&agreed, &current).expect("a delta");
+        assert_eq!(d.base, agreed.digest);
+        assert_eq!(d.digest, current.digest);
+        assert_eq!(
+            d.changed,
+            vec![
+                Changed {
+                    index: 1,
+                    seq: 6,
+                    hash: Hash([5; 32])
+                },
+                Changed {
+                    index: 3,
+                    seq: 2,
+                    hash: Hash([3; 32])
+                },
+            ],
+            "a newer seq, and another hash at the same seq"
+        );
+        assert_eq!(
+            d.added,
+            vec![
+                head("federation", 4, 1, 1),
+                head("park/kz-astana-hub", 4, 1, 2)
+            ]
+        );
+        assert_eq!(resolve(&agreed, &d), Ok(current.clone()));
+        // Nothing moved: an empty delta that still rebuilds the whole.
+        let same = delta(&current, &current).expect("a delta");
+        assert!(same.changed.is_empty() && same.added.is_empty());
+        assert_eq!(resolve(&current, &same), Ok(current.clone()));
+        // From nothing: every head is added.
+        let empty = Summary::new(Vec::new());
+        let all = delta(&empty, &current).expect("a delta");
+        assert_eq!(all.added, current.heads);
+        assert_eq!(resolve(&empty, &all), Ok(current));
+    }
+
+    #[test]
+    fn a_head_gone_from_the_current_summary_makes_no_delta() {
+        let (agreed, current) = agreed_and_current();
+        let mut heads = current.heads.clone();
+        heads.retain(|h| h.doc.to_string() != "park/kg-htp");
+        assert_eq!(delta(&agreed, &Summary::new(heads)), None);
+        let mut last_gone = agreed.heads.clone();
+        last_gone.pop();
+        assert_eq!(delta(&agreed, &Summary::new(last_gone)), None);
+        // Unsorted or repeated heads are not a summary this node made: send it whole.
+        let mut unsorted = current.clone();
+        unsorted.heads.swap(0, 2);
+        assert_eq!(delta(&agreed, &unsorted), None);
+        let mut twice = current.clone();
+        twice.heads.insert(1, twice.heads[0].clone());
+        assert_eq!(delta(&agreed, &twice), None);
+    }
+
+    #[test]
+    fn a_delta_against_another_base_or_digest_is_refused() {
+        let (agreed, current) = agreed_and_current();
+        let d = delta(&agreed, &current).expect("a delta");
+        // The responder holds another summary under the digest it looked up.
+        assert_eq!(resolve(&current, &d), Err(DeltaError::OtherBase));
+        let mut wrong = d.clone();
+        wrong.digest = Hash([0xaa; 32]);
+        assert_eq!(resolve(&agreed, &wrong), Err(DeltaError::DigestMismatch));
+        let mut wrong = d.clone();
+        wrong.changed[0].hash = Hash([0xbb; 32]);
+        assert_eq!(resolve(&agreed, &wrong), Err(DeltaError::DigestMismatch));
+        // A responder that never agreed on the base does not hold it.
+        let mut cache = SummaryCache::default();
+        assert!(cache.get(&d.base).is_none());
+        cache.insert(Arc::new(agreed.clone()));
+        let base = cache.get(&d.base).expect("cached");
+        assert_eq!(resolve(&base, &d), Ok(current));
+    }
+
+    #[test]
+    fn hostile_deltas_are_refused_without_panicking() {
+        let (agreed, current) = agreed_and_current();
+        let d = delta(&agreed, &current).expect("a delta");
+        let refused = |f: &dyn Fn(&mut Delta)| {
+            let mut bad = d.clone();
+            f(&mut bad);
+            resolve(&agreed, &bad).expect_err("refused")
+        };
+        assert_eq!(refused(&|b| b.changed.swap(0, 1)), DeltaError::ChangedOrder);
+        assert_eq!(
+            refused(&|b| b.changed.push(b.changed[1])),
+            DeltaError::ChangedOrder,
+            "the same head changed twice"
+        );
+        assert_eq!(
+            refused(&|b| b.changed[1].index = 4),
+            DeltaError::IndexOutOfRange
+        );
+        assert_eq!(
+            refused(&|b| b.changed[1].index = u32::MAX),
+            DeltaError::IndexOutOfRange
+        );
+        assert_eq!(refused(&|b| b.added.swap(0, 1)), DeltaError::AddedOrder);
+        assert_eq!(
+            refused(&|b| b.added.insert(0, b.added[0].clone())),
+            DeltaError::AddedOrder,
+            "the same head added twice"
+        );
+        assert_eq!(
+            refused(&|b| b.added.insert(0, head("federation", 1, 4, 4))),
+            DeltaError::AddedInBase,
+            "a head of the base added again"
+        );
+        assert_eq!(
+            refused(&|b| b.added.push(head("park/uz-it-park", 3, 9, 9))),
+            DeltaError::AddedInBase,
+            "the base's last head added again"
+        );
+        // Deltas of any shape against any base end in a summary or a refusal.
+        let mut rng = Lcg(7);
+        for _ in 0..2000 {
+            let base = random_summary(&mut rng);
+            let bad = Delta {
+                base: base.digest,
+                digest: Hash([0; 32]),
+                changed: (0..rng.below(4))
+                    .map(|_| Changed {
+                        index: rng.below(8) as u32,
+                        seq: rng.below(4),
+                        hash: Hash([rng.below(3) as u8; 32]),
+                    })
+                    .collect(),
+                added: (0..rng.below(4)).map(|_| random_head(&mut rng)).collect(),
+            };
+            if let Ok(s) = resolve(&base, &bad) {
+                assert_eq!(s.digest, digest(&s.heads));
+            }
+        }
+    }
+
+    #[test]
+    fn deltas_between_random_summaries_rebuild_them() {
+        let mut rng = Lcg(11);
+        for _ in 0..2000 {
+            let agreed = random_summary(&mut rng);
+            // Heads only move forward or appear, as on a node; now and then one disappears.
+            let mut heads = agreed.heads.clone();
+            for h in &mut heads {
+                if rng.below(3) == 0 {
+                    h.seq += rng.below(3);
+                    h.hash = Hash([rng.below(200) as u8; 32]);
+                }
+            }
+            let gone = rng.below(10) == 0 && !heads.is_empty();
+            if gone {
+                heads.remove(rng.below(heads.len() as u64) as usize);
+            }
+            heads.extend((0..rng.below(3)).map(|_| random_head(&mut rng)));
+            heads.sort_by(|a, b| key(a).cmp(&key(b)));
+            heads.dedup_by(|a, b| key(a) == key(b));
+            let current = Summary::new(heads);
+            match delta(&agreed, &current) {
+                Some(d) => assert_eq!(resolve(&agreed, &d), Ok(current)),
+                None => assert!(gone, "no delta though no head disappeared"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_within_its_bounds() {
+        let s = |n: u8, heads: usize| {
+            Arc::new(Summary::new(
+                (0..heads)
+                    .map(|i| head("federation", i as u8, u64::from(n), n))
+                    .collect(),
+            ))
+        };
+        let mut cache = SummaryCache::new(3, 10);
+        for n in 1..=3 {
+            cache.insert(s(n, 2));
+        }
+        assert!(cache.get(&s(1, 2).digest).is_some(), "1 is now the newest");
+        cache.insert(s(4, 2));
+        assert!(cache.get(&s(2, 2).digest).is_none(), "2 was the oldest");
+        assert_eq!(cache.len(), 3);
+        cache.insert(s(5, 6));
+        assert!(cache.get(&s(5, 6).digest).is_some());
+        assert!(cache.get(&s(3, 2).digest).is_none(), "over the head budget");
+        cache.insert(s(6, 11));
+        assert!(
+            cache.get(&s(6, 11).digest).is_none(),
+            "larger than the budget"
+        );
+        cache.insert(s(5, 6));
+        assert!(cache.len() <= 3 && !cache.is_empty());
+    }
+
+    /// A small deterministic generator: the tests need no seed file and no crate.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n.max(1)
+        }
+    }
+
+    fn random_head(rng: &mut Lcg) -> Head {
+        let docs = ["federation", "park/kg-htp", "park/uz-it-park"];
+        head(
+            docs[rng.below(3) as usize],
+            rng.below(4) as u8,
+            1 + rng.below(5),
+            rng.below(250) as u8,
+        )
+    }
+
+    fn random_summary(rng: &mut Lcg) -> Summary {
+        let mut heads: Vec<Head> = (0..rng.below(8)).map(|_| random_head(rng)).collect();
+        heads.sort_by(|a, b| key(a).cmp(&key(b)));
+        heads.dedup_by(|a, b| key(a) == key(b));
+        Summary::new(heads)
     }
 }

@@ -99,6 +99,118 @@ async fn partition_with_writes_on_both_sides_heals_with_nothing_lost() {
     net.shutdown().await;
 }
 
+/// Waits until every node of `parks` holds a summary agreed with `peers` others: its periodic
+/// pulls to them were answered `UpToDate`.
+async fn agreed(net: &TestNet, parks: &[usize], peers: usize) {
+    wait_until("summaries agreed with every peer", CONVERGE, || async {
+        for &i in parks {
+            if net.node(i).net.sync_stats().await.agreed_peers < peers {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+/// Parks that agreed on a summary before a partition catch up after it with delta pulls: each
+/// side tells only the heads that moved since, and is answered with the changes it lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_park_catches_up_over_delta_pulls() {
+    let net = TestNet::start(3).await;
+    net.converged(CONVERGE).await;
+    agreed(&net, &[0, 1, 2], 2).await;
+    net.partition(&[0], &[1, 2]).await;
+    let mut sample = Sample::new(17);
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(net.write(0, sample.startup("KZ")).await);
+        ids.push(net.write(1, sample.startup("UZ")).await);
+        ids.push(net.write(2, sample.startup("KG")).await);
+    }
+    wait_until("the other side to converge", CONVERGE, || async {
+        net.digest(1).await == net.digest(2).await
+    })
+    .await;
+    let mut before = Vec::new();
+    for i in 0..3 {
+        before.push(net.node(i).net.sync_stats().await);
+    }
+    net.heal().await;
+    net.converged(CONVERGE).await;
+    for i in 0..3 {
+        for id in &ids {
+            assert!(net.has_startup(i, id).await, "{id} missing at park {i}");
+        }
+    }
+    let after = net.node(0).net.sync_stats().await;
+    assert!(
+        after.delta_pulls_with_changes > before[0].delta_pulls_with_changes,
+        "park 0 caught up without a delta pull: {:?} then {after:?}",
+        before[0]
+    );
+    let mut served = 0;
+    for (i, b) in before.iter().enumerate().skip(1) {
+        let a = net.node(i).net.sync_stats().await;
+        assert!(a.full_pulls >= b.full_pulls && a.delta_pulls >= b.delta_pulls);
+        served += a.deltas_served - b.deltas_served;
+    }
+    assert!(served >= 1, "no delta pull of park 0 was served");
+    // Nothing fell back to whole summaries: a node keeps what it answered `UpToDate` to.
+    for i in 0..3 {
+        let s = net.node(i).net.sync_stats().await;
+        assert_eq!(s.unknown_base_answers, 0, "park {i}: {s:?}");
+        assert_eq!(s.deltas_refused, 0, "park {i}: {s:?}");
+    }
+    net.shutdown().await;
+}
+
+/// A restarted node has forgotten every agreed summary. Its peer, which has not, pulls with a
+/// delta; the restarted node answers `UnknownBase`, the peer pulls again with its whole
+/// summary, and the two converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_park_refuses_unknown_bases_and_still_converges() {
+    let mut net = TestNet::new(2);
+    net.start_node(0).await;
+    net.start_node(1).await;
+    net.converged(CONVERGE).await;
+    agreed(&net, &[0, 1], 1).await;
+    net.stop(1).await;
+    let mut sample = Sample::new(19);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(net.write(0, sample.startup("KZ")).await);
+    }
+    net.start_node(1).await;
+    net.converged(CONVERGE).await;
+    for id in &ids {
+        assert!(
+            net.has_startup(1, id).await,
+            "{id} missing at the restarted park"
+        );
+    }
+    wait_until(
+        "park 0's delta pull to be refused and sent again whole",
+        CONVERGE,
+        || async {
+            let s0 = net.node(0).net.sync_stats().await;
+            let s1 = net.node(1).net.sync_stats().await;
+            s0.unknown_base_answers >= 1 && s1.deltas_refused >= 1
+        },
+    )
+    .await;
+    // And the two agree again, so later pulls are deltas once more.
+    agreed(&net, &[0, 1], 1).await;
+    let w = net.write(1, sample.startup("UZ")).await;
+    wait_until(
+        "a write of the restarted park to reach park 0",
+        CONVERGE,
+        || async { net.has_startup(0, &w).await },
+    )
+    .await;
+    net.shutdown().await;
+}
+
 /// A node restarted after missing writes, and a park whose node starts only after the others
 /// wrote, both catch up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
