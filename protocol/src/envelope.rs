@@ -233,6 +233,29 @@ impl SignedChange {
     }
 }
 
+/// Splits an encoded envelope into what names its document (version, length and id) and the
+/// rest without the change's length (change, then signature): a sync page sends the first once
+/// for a run of changes of one document. `None` if the bytes are not laid out as an envelope.
+pub fn split_wire(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let doc_len = usize::from(*bytes.get(1)?);
+    let prefix = bytes.get(..2 + doc_len)?;
+    let len = bytes.get(2 + doc_len..6 + doc_len)?;
+    let change_len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+    let body = bytes.get(6 + doc_len..)?;
+    (body.len() == change_len.checked_add(64)?).then_some((prefix, body))
+}
+
+/// The envelope [`split_wire`] split: `None` if the body is shorter than a signature or its
+/// change too long for the length field.
+pub fn join_wire(prefix: &[u8], body: &[u8]) -> Option<Vec<u8>> {
+    let change_len = u32::try_from(body.len().checked_sub(64)?).ok()?;
+    let mut out = Vec::with_capacity(prefix.len() + 4 + body.len());
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&change_len.to_be_bytes());
+    out.extend_from_slice(body);
+    Some(out)
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {

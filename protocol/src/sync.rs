@@ -29,7 +29,11 @@
 //! groups   = [* [doc, * (actor: uint, seq: uint, hash: bstr 32)]]  ; actor: index in actors
 //! doc      = "" / park-id: tstr              ; the federation document, or a park's ledger
 //! changed  = [* (index: uint, seq: uint, hash: bstr 32)]  ; index in the base's sorted heads
-//! Response = [0, peers] / [1, [* envelope: bstr], more: bool, peers] / [2]  ; 2: UnknownBase
+//! Response = [0, peers] / [1, runs, more: bool, peers] / [2]  ; 2: UnknownBase
+//! runs     = [* [prefix: bstr, * body: bstr]] ; envelopes of one document in a row: the
+//!                                             ; prefix (version, id length, id) once, each body
+//!                                             ; change + signature (the length is rebuilt);
+//!                                             ; an empty prefix: bodies are whole envelopes
 //! peers    = [* [peer: tstr, [* addr: tstr]]]
 //! ```
 
@@ -652,16 +656,61 @@ impl<'de> Deserialize<'de> for PeerAddrs {
     }
 }
 
+/// A page's envelopes on the wire: runs of envelopes of one document, the document named once
+/// per run (`crate::envelope::split_wire`): `[* [prefix: bstr, * body: bstr]]`. An envelope that
+/// does not split travels whole after an empty prefix.
 struct EnvelopesOut<'a>(&'a [Vec<u8>]);
 
 impl Serialize for EnvelopesOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|e| bytes(e)))
+        let mut runs: Vec<(&[u8], Vec<&[u8]>)> = Vec::new();
+        for e in self.0 {
+            let (prefix, body) = crate::envelope::split_wire(e).unwrap_or((&[], e));
+            match runs.last_mut() {
+                Some((p, bodies)) if *p == prefix && !prefix.is_empty() => bodies.push(body),
+                _ => runs.push((prefix, vec![body])),
+            }
+        }
+        s.collect_seq(runs.iter().map(|(prefix, bodies)| RunOut(prefix, bodies)))
     }
 }
 
-fn envelopes_in(v: Vec<serde_bytes::ByteBuf>) -> Vec<Vec<u8>> {
-    v.into_iter().map(serde_bytes::ByteBuf::into_vec).collect()
+struct RunOut<'a>(&'a [u8], &'a [&'a [u8]]);
+
+impl Serialize for RunOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            std::iter::once(self.0)
+                .chain(self.1.iter().copied())
+                .map(bytes),
+        )
+    }
+}
+
+fn envelopes_in<E: de::Error>(runs: Vec<Vec<serde_bytes::ByteBuf>>) -> Result<Vec<Vec<u8>>, E> {
+    let mut out = Vec::new();
+    for run in runs {
+        let mut run = run.into_iter();
+        let prefix = run
+            .next()
+            .ok_or_else(|| E::custom("a run of envelopes without its prefix"))?;
+        for body in run {
+            if out.len() >= MAX_PAGE_CHANGES {
+                return Err(E::custom(format!(
+                    "more than {MAX_PAGE_CHANGES} changes in one page"
+                )));
+            }
+            if prefix.is_empty() {
+                out.push(body.into_vec());
+            } else {
+                out.push(
+                    crate::envelope::join_wire(&prefix, &body)
+                        .ok_or_else(|| E::custom("an envelope shorter than its signature"))?,
+                );
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Serialize for Request {
@@ -728,7 +777,7 @@ impl<'de> Deserialize<'de> for Response {
                         peers: field(&mut seq, 1, "peers")?,
                     },
                     1 => Response::Changes {
-                        changes: envelopes_in(field(&mut seq, 1, "envelopes")?),
+                        changes: envelopes_in(field(&mut seq, 1, "envelopes")?)?,
                         more: field(&mut seq, 2, "more")?,
                         peers: field(&mut seq, 3, "peers")?,
                     },
@@ -750,6 +799,83 @@ impl<'de> Deserialize<'de> for Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn envelope(doc: &str, change: &[u8], sig: u8) -> Vec<u8> {
+        crate::envelope::SignedChange {
+            doc: doc.parse().expect("doc"),
+            change: change.to_vec(),
+            sig: [sig; 64],
+        }
+        .encode()
+    }
+
+    #[test]
+    fn pages_name_each_run_of_a_document_once_and_rebuild_the_same_envelopes() {
+        let changes = vec![
+            envelope("park/kz-astana-hub", b"one", 1),
+            envelope("park/kz-astana-hub", b"two", 2),
+            envelope("federation", b"fed", 3),
+            envelope("park/kz-astana-hub", &[7; 300], 4),
+            vec![1, 2, 3],
+            envelope("park/uz-it-park", b"", 5),
+        ];
+        let page = Response::Changes {
+            changes: changes.clone(),
+            more: true,
+            peers: Vec::new(),
+        };
+        let wire = serde_json::to_vec(&page).expect("encodes");
+        let back: Response = serde_json::from_slice(&wire).expect("decodes");
+        assert_eq!(back, page);
+        // Two envelopes of one document in a row cost their document once.
+        let two = Response::Changes {
+            changes: changes[..2].to_vec(),
+            more: false,
+            peers: Vec::new(),
+        };
+        let one = Response::Changes {
+            changes: changes[..1].to_vec(),
+            more: false,
+            peers: Vec::new(),
+        };
+        let runs = |r: &Response| -> serde_json::Value {
+            serde_json::to_value(r).expect("value")[1].clone()
+        };
+        assert_eq!(runs(&two).as_array().map(Vec::len), Some(1));
+        assert_eq!(runs(&one)[0].as_array().map(Vec::len), Some(2));
+        assert_eq!(runs(&two)[0].as_array().map(Vec::len), Some(3));
+    }
+
+    #[test]
+    fn malformed_runs_are_errors() {
+        let decode = |v: serde_json::Value| serde_json::from_value::<Response>(v);
+        // A run without its prefix.
+        assert!(decode(serde_json::json!([1, [[]], false, []])).is_err());
+        // A body shorter than a signature after a prefix.
+        assert!(
+            decode(serde_json::json!([
+                1,
+                [[[1, 1, 120], [0, 0, 0]]],
+                false,
+                []
+            ]))
+            .is_err()
+        );
+        // More bodies than a page holds.
+        let mut run = vec![serde_json::json!([])];
+        run.extend((0..=MAX_PAGE_CHANGES).map(|_| serde_json::json!([9])));
+        assert!(decode(serde_json::json!([1, [run], false, []])).is_err());
+        // An empty prefix carries whole envelopes, whatever they hold.
+        let page = decode(serde_json::json!([1, [[[], [9, 9]]], false, []])).expect("decodes");
+        assert_eq!(
+            page,
+            Response::Changes {
+                changes: vec![vec![9, 9]],
+                more: false,
+                peers: Vec::new()
+            }
+        );
+    }
     use crate::ids::DeviceKey;
 
     fn head(doc: &str, a: u8, seq: u64, h: u8) -> Head {

@@ -1,5 +1,5 @@
 //! A hostile member on the wire: a registered device's key running a bare libp2p node that
-//! answers every `/kervan/sync/1` pull with the envelopes it was given — forged, unauthorised
+//! answers every `/kervan/sync/2` pull with the envelopes it was given — forged, unauthorised
 //! or equivocating — instead of what it holds — and a flood of invalid gossip.
 
 use std::time::Duration;
