@@ -12,6 +12,7 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 use crate::ids::{Actor, DocId, FederationId, Hash};
+use sha2::{Digest, Sha256};
 
 /// The domain separator of every change signature.
 pub const SIGNING_CONTEXT: &[u8] = b"kervan/change/v1";
@@ -233,25 +234,39 @@ impl SignedChange {
     }
 }
 
-/// Splits an encoded envelope into what names its document (version, length and id) and the
-/// rest without the change's length (change, then signature): a sync page sends the first once
-/// for a run of changes of one document. `None` if the bytes are not laid out as an envelope.
+/// The magic bytes that open every Automerge chunk.
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+
+/// Splits an encoded envelope for a sync page: what names its document (version, length and id),
+/// which a page sends once for a run of changes of one document, and the rest without what the
+/// receiver can rebuild — the change's length, and the change chunk's magic bytes and checksum
+/// (the first four bytes of the SHA-256 of what follows them, the change's hash). `None` if the
+/// bytes are not laid out as an envelope of a well-formed chunk: such an envelope travels whole.
 pub fn split_wire(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let doc_len = usize::from(*bytes.get(1)?);
     let prefix = bytes.get(..2 + doc_len)?;
     let len = bytes.get(2 + doc_len..6 + doc_len)?;
     let change_len = u32::from_be_bytes(len.try_into().ok()?) as usize;
     let body = bytes.get(6 + doc_len..)?;
-    (body.len() == change_len.checked_add(64)?).then_some((prefix, body))
+    if body.len() != change_len.checked_add(64)? || change_len < 8 {
+        return None;
+    }
+    let (head, rest) = body.split_at(8);
+    let chunk = &rest[..change_len - 8];
+    let sum = Sha256::digest(chunk);
+    (head[..4] == CHUNK_MAGIC && head[4..] == sum[..4]).then_some((prefix, rest))
 }
 
-/// The envelope [`split_wire`] split: `None` if the body is shorter than a signature or its
-/// change too long for the length field.
+/// The envelope [`split_wire`] split: `None` if the body is shorter than a signature.
 pub fn join_wire(prefix: &[u8], body: &[u8]) -> Option<Vec<u8>> {
-    let change_len = u32::try_from(body.len().checked_sub(64)?).ok()?;
-    let mut out = Vec::with_capacity(prefix.len() + 4 + body.len());
+    let chunk = body.get(..body.len().checked_sub(64)?)?;
+    let change_len = u32::try_from(chunk.len().checked_add(8)?).ok()?;
+    let sum = Sha256::digest(chunk);
+    let mut out = Vec::with_capacity(prefix.len() + 12 + body.len());
     out.extend_from_slice(prefix);
     out.extend_from_slice(&change_len.to_be_bytes());
+    out.extend_from_slice(&CHUNK_MAGIC);
+    out.extend_from_slice(&sum[..4]);
     out.extend_from_slice(body);
     Some(out)
 }
@@ -360,6 +375,39 @@ impl Bundle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wire_form_of_a_page_drops_what_the_receiver_rebuilds() {
+        use automerge::transaction::Transactable as _;
+        let mut d = automerge::AutoCommit::new();
+        d.put(automerge::ROOT, "name", "Qazaq Agro AI")
+            .expect("put");
+        d.commit();
+        let change = d
+            .get_last_local_change()
+            .expect("change")
+            .raw_bytes()
+            .to_vec();
+        let env = SignedChange {
+            doc: "park/kz-astana-hub".parse().expect("doc"),
+            change: change.clone(),
+            sig: [5; 64],
+        }
+        .encode();
+        let (prefix, body) = split_wire(&env).expect("splits");
+        assert_eq!(prefix.len(), 2 + "park/kz-astana-hub".len());
+        // The change's length, the chunk's magic bytes and its checksum: 12 bytes.
+        assert_eq!(prefix.len() + body.len() + 12, env.len());
+        assert_eq!(join_wire(prefix, body).expect("joins"), env);
+        // A chunk whose checksum does not match is not split: it travels whole.
+        let mut bad = env.clone();
+        let at = 2 + "park/kz-astana-hub".len() + 4 + 4;
+        bad[at] ^= 1;
+        assert!(split_wire(&bad).is_none());
+        assert!(split_wire(&env[..env.len() - 1]).is_none());
+        assert!(split_wire(&[]).is_none());
+        assert!(join_wire(prefix, &body[..63]).is_none());
+    }
     use automerge::transaction::{CommitOptions, Transactable};
 
     const MAX: usize = 1 << 20;

@@ -32,7 +32,9 @@
 //! Response = [0, peers] / [1, runs, more: bool, peers] / [2]  ; 2: UnknownBase
 //! runs     = [* [prefix: bstr, * body: bstr]] ; envelopes of one document in a row: the
 //!                                             ; prefix (version, id length, id) once, each body
-//!                                             ; change + signature (the length is rebuilt);
+//!                                             ; change + signature without the change's
+//!                                             ; length and its chunk's magic and checksum,
+//!                                             ; which the receiver rebuilds;
 //!                                             ; an empty prefix: bodies are whole envelopes
 //! peers    = [* [peer: tstr, [* addr: tstr]]]
 //! ```
@@ -657,7 +659,7 @@ impl<'de> Deserialize<'de> for PeerAddrs {
 }
 
 /// A page's envelopes on the wire: runs of envelopes of one document, the document named once
-/// per run (`crate::envelope::split_wire`): `[* [prefix: bstr, * body: bstr]]`. An envelope that
+/// per run and each change without what the receiver rebuilds (`crate::envelope::split_wire`): `[* [prefix: bstr, * body: bstr]]`. An envelope that
 /// does not split travels whole after an empty prefix.
 struct EnvelopesOut<'a>(&'a [Vec<u8>]);
 
@@ -800,10 +802,26 @@ impl<'de> Deserialize<'de> for Response {
 mod tests {
     use super::*;
 
+    /// An envelope around a real Automerge change (`change` is the value it writes) and a
+    /// placeholder signature.
     fn envelope(doc: &str, change: &[u8], sig: u8) -> Vec<u8> {
+        use automerge::transaction::Transactable as _;
+        let mut d = automerge::AutoCommit::new();
+        d.put(
+            automerge::ROOT,
+            "v",
+            automerge::ScalarValue::Bytes(change.to_vec()),
+        )
+        .expect("put");
+        d.commit();
+        let bytes = d
+            .get_last_local_change()
+            .expect("change")
+            .raw_bytes()
+            .to_vec();
         crate::envelope::SignedChange {
             doc: doc.parse().expect("doc"),
-            change: change.to_vec(),
+            change: bytes,
             sig: [sig; 64],
         }
         .encode()
