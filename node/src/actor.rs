@@ -10,6 +10,9 @@ use crate::store::SledStore;
 /// Commands that may wait for the replica before senders are held back.
 pub const COMMAND_CAPACITY: usize = 256;
 
+/// The longest changes received from peers stay unflushed while the replica is busy.
+pub const MAX_UNFLUSHED: std::time::Duration = std::time::Duration::from_millis(200);
+
 type Job = Box<dyn FnOnce(&mut Replica<SledStore>) + Send>;
 
 /// The replica actor has stopped (shut down, or a storage failure ended it).
@@ -54,8 +57,12 @@ pub fn spawn(
             while let Some(job) = rx.blocking_recv() {
                 job(&mut replica);
                 // Changes received from peers are flushed once nothing else waits, so a burst
-                // of gossip costs one flush and no query waits for the disk.
-                if replica.has_unflushed() && rx.is_empty() {
+                // of gossip costs one flush and no query waits for the disk — and at the latest
+                // after MAX_UNFLUSHED, however busy the replica is.
+                if replica
+                    .unflushed_for()
+                    .is_some_and(|waited| rx.is_empty() || waited >= MAX_UNFLUSHED)
+                {
                     if let Err(e) = replica.flush_received() {
                         tracing::error!(error = %e, "cannot flush received changes: stopping");
                         return Err(e);

@@ -420,7 +420,7 @@ pub struct Replica<S: Store> {
     /// (their verdicts may rest on evidence, which is kept apart).
     restoring: bool,
     /// Changes received from peers are stored but not yet flushed (see [`Self::ingest_received`]).
-    unflushed: bool,
+    unflushed: Option<Instant>,
 }
 
 impl<S: Store> std::fmt::Debug for Replica<S> {
@@ -573,7 +573,7 @@ impl<S: Store> Replica<S> {
             stats: Stats::default(),
             outbox: None,
             restoring: false,
-            unflushed: false,
+            unflushed: None,
         };
         replica.load(true)?;
         // A node killed without its final snapshot judged its whole tail again just now:
@@ -783,15 +783,16 @@ impl<S: Store> Replica<S> {
 
     /// Flushes changes received by [`Self::ingest_received`] since the last flush.
     pub fn flush_received(&mut self) -> Result<(), ReplicaError> {
-        if std::mem::take(&mut self.unflushed) {
+        if self.unflushed.take().is_some() {
             self.store.flush()?;
         }
         Ok(())
     }
 
-    /// Changes received from peers wait in the store for [`Self::flush_received`].
-    pub fn has_unflushed(&self) -> bool {
-        self.unflushed
+    /// How long changes received from peers have waited in the store for
+    /// [`Self::flush_received`], if any do.
+    pub fn unflushed_for(&self) -> Option<std::time::Duration> {
+        self.unflushed.map(|since| since.elapsed())
     }
 
     /// Applies changes read back from this node's own damaged store (`kervan repair`): each is
@@ -887,9 +888,9 @@ impl<S: Store> Replica<S> {
         }
         if flush {
             self.store.flush()?;
-            self.unflushed = false;
-        } else {
-            self.unflushed = true;
+            self.unflushed = None;
+        } else if self.unflushed.is_none() {
+            self.unflushed = Some(Instant::now());
         }
         if needs_rebuild && !self.restoring {
             self.rebuild()?;

@@ -1,5 +1,6 @@
 use kervan_node::Collection;
 use kervan_node::Store;
+use kervan_node::replica::Outcome;
 use kervan_node::sample::Sample;
 use kervan_tests::{FOUNDING, Federation};
 
@@ -73,4 +74,49 @@ fn snapshot_plus_tail_equals_full_replay() {
     park.replica()
         .create(Collection::Startups, None, &sample.startup("KZ"))
         .expect("write after restart");
+}
+
+/// Changes received from peers are applied and visible at once, and flushed when the replica
+/// actor asks: after that flush they survive a restart like any other.
+#[test]
+fn received_changes_are_visible_at_once_and_durable_after_the_deferred_flush() {
+    let mut fed = Federation::founding(2);
+    let mut sample = Sample::new(3);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(
+            fed.park(0)
+                .replica()
+                .create(Collection::Startups, None, &sample.startup("KZ"))
+                .expect("write"),
+        );
+    }
+    let bundle = fed.park(0).export();
+    let park = fed.park(1);
+    assert!(park.replica().unflushed_for().is_none());
+    let reports = park
+        .replica()
+        .ingest_received(kervan_tests::entries(&bundle), "peer")
+        .expect("ingest");
+    assert!(reports.iter().any(|r| r.outcome == Outcome::Accepted));
+    assert!(park.replica().unflushed_for().is_some(), "the flush waits");
+    for id in &ids {
+        assert!(
+            park.replica().index().startup(id).is_some(),
+            "{id} not visible"
+        );
+    }
+    park.replica().flush_received().expect("flush");
+    assert!(park.replica().unflushed_for().is_none());
+    let digest = park.digest();
+    park.restart();
+    assert_eq!(park.digest(), digest);
+    for id in &ids {
+        assert!(park.replica().index().startup(id).is_some(), "{id} lost");
+    }
+    // A flushing ingest (a local write) leaves nothing waiting either.
+    park.replica()
+        .create(Collection::Startups, None, &sample.startup("KG"))
+        .expect("write");
+    assert!(park.replica().unflushed_for().is_none());
 }
