@@ -613,6 +613,33 @@ async fn equivocation_evidence_reaches_a_park_that_took_one_side() {
 /// and go on converging with each other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_sending_oversized_sync_answers_is_cut_off() {
+    // Three times the largest answer the protocol allows.
+    let answer = kervan_protocol::sync::Response::Changes {
+        changes: vec![
+            vec![0xA5; 512 << 10];
+            3 * kervan_protocol::sync::MAX_RESPONSE_BYTES / (512 << 10)
+        ],
+        more: false,
+        peers: Vec::new(),
+    };
+    a_member_answering_so_is_cut_off(answer).await;
+}
+
+/// A page within the byte limit but with more changes than a page may hold is refused whole
+/// and gets its sender banned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_sending_too_many_changes_in_a_page_is_cut_off() {
+    let answer = kervan_protocol::sync::Response::Changes {
+        changes: vec![vec![0xA5; 16]; kervan_protocol::sync::MAX_PAGE_CHANGES + 1],
+        more: false,
+        peers: Vec::new(),
+    };
+    a_member_answering_so_is_cut_off(answer).await;
+}
+
+/// A member answers every pull with `answer`: both honest parks ban it without reading any of
+/// it, and go on converging.
+async fn a_member_answering_so_is_cut_off(answer: kervan_protocol::sync::Response) {
     let mut net = TestNet::new(3);
     net.start_node(0).await;
     net.start_node(1).await;
@@ -624,15 +651,6 @@ async fn a_member_sending_oversized_sync_answers_is_cut_off() {
         .flatten()
         .flat_map(|n| n.p2p_addrs.clone())
         .collect();
-    // Three times the largest answer the protocol allows.
-    let answer = kervan_protocol::sync::Response::Changes {
-        changes: vec![
-            vec![0xA5; 512 << 10];
-            3 * kervan_protocol::sync::MAX_RESPONSE_BYTES / (512 << 10)
-        ],
-        more: false,
-        peers: Vec::new(),
-    };
     let hostile = HostilePeer::answering(net.fed.parks[2].key().to_bytes(), targets, answer).await;
     let id = hostile.peer_id.to_string();
     for i in 0..2 {
