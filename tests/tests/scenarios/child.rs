@@ -167,3 +167,56 @@ pub(crate) fn wait_blocking(what: &str, timeout: Duration, mut ready: impl FnMut
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// A change received over gossip is flushed by the replica actor once it is idle, without a
+/// local write or a clean shutdown: it survives SIGKILL of the receiving park even when the
+/// writer is gone and cannot send it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_change_survives_sigkill_without_its_writer() {
+    let mut net = kervan_tests::testnet::TestNet::new(2);
+    net.start_node(0).await;
+    let park = &mut net.fed.parks[1];
+    park.close();
+    let peer = kervan_node::net::peer_id_of(&kervan_protocol::DeviceKey(
+        park.key().verifying_key().to_bytes(),
+    ))
+    .expect("peer");
+    let mut child = ChildNode {
+        dir: park.dir.root().to_path_buf(),
+        peer,
+        process: None,
+        api: Arc::default(),
+        agent: agent(),
+    };
+    let boot = net.node(0).p2p_addrs.clone();
+    tokio::task::block_in_place(|| child.start(&boot));
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        wait_blocking("the parks to converge", Duration::from_secs(60), || {
+            child.digest() == handle.block_on(net.digest(0)).to_string()
+        })
+    });
+    let id = net
+        .write(0, kervan_node::sample::Sample::new(9).startup("KZ"))
+        .await;
+    let path = format!("/v1/startups/{id}");
+    let digest0 = net.digest(0).await.to_string();
+    tokio::task::block_in_place(|| {
+        wait_blocking(
+            "the write to reach the child",
+            Duration::from_secs(60),
+            || child.digest() == digest0,
+        )
+    });
+    // The writer goes away for good; the child is killed without any write of its own.
+    net.stop(0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| {
+        child.kill9();
+        child.start(&[]);
+        assert_eq!(child.digest(), digest0, "the received change was lost");
+        let startup = child.get(&path);
+        assert_eq!(startup["id"].as_str(), Some(id.to_string().as_str()));
+    });
+    net.shutdown().await;
+}
