@@ -26,7 +26,7 @@ use std::hash::Hash;
 
 use kervan_protocol::records::{Application, Decision, Park, Program, Startup};
 use kervan_protocol::{ParkId, RecordId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The largest page a query answers.
 pub const MAX_LIMIT: usize = 500;
@@ -1120,6 +1120,15 @@ impl<T: Record> Table<T> {
         live(&self.slab, s)
     }
 
+    /// Every record, in slot order.
+    fn records(&self) -> impl Iterator<Item = &T> {
+        self.slab
+            .pages
+            .iter()
+            .flat_map(|page| page.iter())
+            .filter_map(|e| e.as_ref().map(|e| &e.record))
+    }
+
     fn find(&self, id: &RecordId) -> Option<Slot> {
         let s = self
             .by_id
@@ -1388,6 +1397,54 @@ fn decode_cursor(c: &str) -> Result<(String, RecordId), QueryError> {
 
 type Decisions = HashMap<RecordId, BTreeMap<ParkId, Decision>>;
 
+/// The records one park's ledger holds, as the index keeps them (applications not yet joined
+/// with decisions; decisions by the application they decide). A snapshot of the ledger keeps
+/// them beside the saved document, so that a start indexes them without reading each record
+/// back out of Automerge.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LedgerRecords {
+    pub startups: Vec<Startup>,
+    pub programs: Vec<Program>,
+    pub applications: Vec<Application>,
+    pub decisions: Vec<(RecordId, Decision)>,
+}
+
+/// [`LedgerRecords`] borrowed from the index, to encode without copying the records.
+#[derive(Serialize)]
+struct LedgerRecordsRef<'a> {
+    startups: Vec<&'a Startup>,
+    programs: Vec<&'a Program>,
+    applications: Vec<&'a Application>,
+    decisions: Vec<(&'a RecordId, &'a Decision)>,
+}
+
+impl LedgerRecords {
+    /// Decodes what [`Index::encode_ledger`] wrote for `park`, refusing a record of another
+    /// park: the ledger can hold no such record, so the bytes are not what was written.
+    pub fn decode(park: &ParkId, bytes: &[u8]) -> Result<Self, String> {
+        let records: Self = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let foreign = records
+            .startups
+            .iter()
+            .map(|r| &r.id)
+            .chain(records.programs.iter().map(|r| &r.id))
+            .chain(records.applications.iter().map(|r| &r.id))
+            .find(|id| id.park() != park);
+        match foreign {
+            Some(id) => Err(format!("record {id} is not of park {park}")),
+            None => Ok(records),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.startups.len() + self.programs.len() + self.applications.len() + self.decisions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// An application's status joined with its host park's decision, as [`Application::join`]
 /// derives it.
 fn joined_status<'a>(decisions: &'a Decisions, a: &'a Application) -> &'a str {
@@ -1460,6 +1517,49 @@ impl Index {
                 self.app_status.remove(before.as_str(), s);
                 self.app_status.add(after, s);
             }
+        }
+    }
+
+    /// Encodes the records of `park`'s ledger (see [`LedgerRecords`]).
+    pub fn encode_ledger(&self, park: &ParkId) -> Vec<u8> {
+        let records = LedgerRecordsRef {
+            startups: self
+                .startups
+                .records()
+                .filter(|r| r.id.park() == park)
+                .collect(),
+            programs: self
+                .programs
+                .records()
+                .filter(|r| r.id.park() == park)
+                .collect(),
+            applications: self
+                .applications
+                .records()
+                .filter(|r| r.id.park() == park)
+                .collect(),
+            decisions: self
+                .decisions
+                .iter()
+                .filter_map(|(app, by)| by.get(park).map(|d| (app, d)))
+                .collect(),
+        };
+        serde_json::to_vec(&records).expect("records serialise")
+    }
+
+    /// Indexes the records of `park`'s ledger, as [`Self::encode_ledger`] gave them.
+    pub fn load_ledger(&mut self, park: &ParkId, records: LedgerRecords) {
+        for r in records.startups {
+            self.set_startup(r.id.clone(), Some(r));
+        }
+        for r in records.programs {
+            self.set_program(r.id.clone(), Some(r));
+        }
+        for r in records.applications {
+            self.set_application(r.id.clone(), Some(r));
+        }
+        for (app, d) in records.decisions {
+            self.set_decision(app, park.clone(), Some(d));
         }
     }
 

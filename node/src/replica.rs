@@ -25,7 +25,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::meta::DocMeta;
-use crate::query::Index;
+use crate::query::{Index, LedgerRecords};
 use crate::store::{Evidence, Rejected, Store, StoreError};
 
 /// Why a replica operation failed.
@@ -135,6 +135,9 @@ pub struct Stats {
     pub apply_count: u64,
     pub apply_seconds: f64,
     pub rebuilds: u64,
+    /// Records the last start indexed from the snapshots' copies of the ledgers' records
+    /// rather than by reading them back out of Automerge.
+    pub records_from_snapshots: u64,
 }
 
 /// Upper bounds, in seconds, of the apply-latency histogram.
@@ -196,7 +199,10 @@ impl DocState {
         self.since_snapshot += 1;
     }
 
-    fn encode_snapshot(&mut self) -> Vec<u8> {
+    /// `KVS2 | meta_len:u64be | meta | records_len:u64be | records | saved document`, where
+    /// `records` is the query index's copy of a ledger's records at the same heads (empty for
+    /// the federation document).
+    fn encode_snapshot(&mut self, records: &[u8]) -> Vec<u8> {
         let meta = DocMeta {
             order: self
                 .order
@@ -208,22 +214,47 @@ impl DocState {
         };
         let meta = meta.encode();
         let doc = self.doc.save();
-        let mut out = Vec::with_capacity(8 + meta.len() + doc.len());
+        let mut out =
+            Vec::with_capacity(SNAPSHOT_MAGIC.len() + 16 + meta.len() + records.len() + doc.len());
+        out.extend_from_slice(SNAPSHOT_MAGIC);
         out.extend_from_slice(&(meta.len() as u64).to_be_bytes());
         out.extend_from_slice(&meta);
+        out.extend_from_slice(&(records.len() as u64).to_be_bytes());
+        out.extend_from_slice(records);
         out.extend_from_slice(&doc);
         out
     }
 
-    fn decode_snapshot(bytes: &[u8], actor: Option<Actor>) -> Result<Self, String> {
-        let len = bytes
-            .get(..8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_be_bytes)
-            .ok_or("shorter than its header")? as usize;
-        let meta = bytes.get(8..8 + len).ok_or("metadata truncated")?;
+    /// Decodes a snapshot: the document's state, and the ledger records kept with it, if any.
+    /// Snapshots written before the records were kept (`meta_len:u64be | meta | document`,
+    /// whose first byte is 0) are still read, without records.
+    fn decode_snapshot(bytes: &[u8], actor: Option<Actor>) -> Result<(Self, &[u8]), String> {
+        fn section(bytes: &[u8], what: &str) -> Result<(usize, usize), String> {
+            let len = bytes
+                .get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| format!("{what} length truncated"))?;
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|l| *l <= bytes.len() - 8)
+                .ok_or_else(|| format!("{what} truncated"))?;
+            Ok((8, 8 + len))
+        }
+        let (meta, records, rest) = match bytes.strip_prefix(SNAPSHOT_MAGIC) {
+            Some(body) => {
+                let (m0, m1) = section(body, "metadata")?;
+                let (r0, r1) = section(&body[m1..], "records")?;
+                let after = &body[m1..];
+                (&body[m0..m1], &after[r0..r1], &after[r1..])
+            }
+            None => {
+                let (m0, m1) = section(bytes, "metadata")?;
+                (&bytes[m0..m1], &bytes[..0], &bytes[m1..])
+            }
+        };
         let meta = DocMeta::decode(meta)?;
-        let mut doc = AutoCommit::load(&bytes[8 + len..]).map_err(|e| e.to_string())?;
+        let mut doc = AutoCommit::load(rest).map_err(|e| e.to_string())?;
         if let Some(a) = actor {
             doc.set_actor(a.to_automerge());
         }
@@ -239,9 +270,81 @@ impl DocState {
         }
         state.objects = meta.objects.into_iter().collect();
         state.registrations = meta.registrations;
-        Ok(state)
+        Ok((state, records))
     }
 }
+
+/// Batches of at least this many envelopes (pages) are decoded and verified on every core.
+const PREPARE_IN_PARALLEL: usize = 64;
+/// Envelopes prepared at a time within such a batch.
+const PREPARE_CHUNK: usize = 512;
+
+/// An envelope taken apart as far as its bytes alone allow: what [`Replica::admit`] would
+/// find of them, computed beforehand when a page is checked on every core.
+struct Prepared {
+    /// The hash of the envelope's bytes, under which a refusal before its signature verified
+    /// is recorded.
+    raw_key: Hash,
+    /// The decoded envelope, its change's hash and its signature; or why it does not decode or
+    /// parse, with its document if that much decoded.
+    parsed: Result<(SignedChange, Hash, Signature), (Option<DocId>, RejectReason)>,
+}
+
+/// A parsed change's signature: checked already, or left to be checked once the change is
+/// known to be new (a duplicate costs no signature check).
+enum Signature {
+    Checked(Result<Verified, RejectReason>),
+    Unchecked(automerge::Change),
+}
+
+impl Prepared {
+    /// Everything, the signature included.
+    fn new(bytes: &[u8], federation: &FederationId, limits: Limits) -> Self {
+        Self {
+            raw_key: raw_key(bytes),
+            parsed: Self::parse(bytes, federation, limits, true),
+        }
+    }
+
+    /// Decodes and parses; checks the signature if `check`.
+    #[allow(clippy::type_complexity)]
+    fn parse(
+        bytes: &[u8],
+        federation: &FederationId,
+        limits: Limits,
+        check: bool,
+    ) -> Result<(SignedChange, Hash, Signature), (Option<DocId>, RejectReason)> {
+        SignedChange::decode(bytes, limits.max_change_bytes)
+            .map_err(|e| (None, RejectReason::from(e)))
+            .and_then(|envelope| match envelope.parse() {
+                Ok(parsed) => {
+                    let hash = Hash::from(parsed.hash());
+                    let signature = if check {
+                        Signature::Checked(rules::verify_signed(
+                            &envelope, parsed, federation, limits,
+                        ))
+                    } else {
+                        Signature::Unchecked(parsed)
+                    };
+                    Ok((envelope, hash, signature))
+                }
+                Err(e) => Err((
+                    Some(envelope.doc),
+                    RejectReason::BadChange {
+                        message: e.to_string(),
+                    },
+                )),
+            })
+    }
+}
+
+/// The hash of an envelope's bytes.
+fn raw_key(bytes: &[u8]) -> Hash {
+    Hash(Sha256::digest(bytes).into())
+}
+
+/// Marks a snapshot that keeps the ledger's records beside the document.
+const SNAPSHOT_MAGIC: &[u8; 4] = b"KVS\x02";
 
 /// What a node already knows of a change it receives.
 enum Seen {
@@ -390,6 +493,9 @@ impl Pending {
 }
 
 struct Work {
+    /// The same change came earlier in this batch and was admitted: this copy gets what it
+    /// would get in a later batch.
+    again: bool,
     doc: DocId,
     verified: Verified,
     envelope: Vec<u8>,
@@ -635,10 +741,12 @@ impl<S: Store> Replica<S> {
             *f = (*f).min(e.seq);
         }
         self.registry.frozen = self.store.frozen_keys()?.into_iter().collect();
+        self.stats.records_from_snapshots = 0;
+        let mut indexed = HashSet::new();
         if use_snapshots {
             self.load_snapshots(vec![DocId::Federation])?;
             let ledgers = self.registry.parks.iter().cloned().map(DocId::Ledger);
-            self.load_snapshots(ledgers.collect())?;
+            indexed = self.load_snapshots(ledgers.collect())?;
         }
         let covered = |docs: &BTreeMap<DocId, DocState>, doc: &DocId, h: &Hash| {
             docs.get(doc).is_some_and(|d| d.accepted.contains_key(h))
@@ -665,17 +773,20 @@ impl<S: Store> Replica<S> {
                 }
             }
         }
+        // The tail re-reads the records it touches, over the snapshots' copies.
         self.restoring = true;
         let result = self.ingest_inner(tail, "restore", true);
         self.restoring = false;
         result?;
-        self.reindex_all();
+        self.reindex_all(&indexed);
         Ok(())
     }
 
     /// Loads the snapshots of `docs`, decoding them on as many threads as there are cores:
-    /// each is an independent Automerge document, and loading them is most of a start.
-    fn load_snapshots(&mut self, docs: Vec<DocId>) -> Result<(), ReplicaError> {
+    /// each is an independent Automerge document, and loading them is most of a start. The
+    /// ledger records kept with a snapshot go into the query index; answers the documents
+    /// whose records did, which [`Self::reindex_all`] need not read again.
+    fn load_snapshots(&mut self, docs: Vec<DocId>) -> Result<HashSet<DocId>, ReplicaError> {
         let mut stored = Vec::with_capacity(docs.len());
         for doc in docs {
             if let Some(bytes) = self.store.snapshot(&doc)? {
@@ -684,20 +795,39 @@ impl<S: Store> Replica<S> {
         }
         let actor = self.actor();
         let decoded = parallel_map(stored, |(doc, bytes)| {
-            let state = DocState::decode_snapshot(&bytes, actor);
+            let state = DocState::decode_snapshot(&bytes, actor).map(|(state, records)| {
+                let records = match doc.park() {
+                    Some(park) if !records.is_empty() => Some(LedgerRecords::decode(park, records)),
+                    _ => None,
+                };
+                (state, records)
+            });
             (doc, state)
         });
+        let mut indexed = HashSet::new();
         for (doc, state) in decoded {
-            let state = state.map_err(|why| ReplicaError::Snapshot {
+            let (state, records) = state.map_err(|why| ReplicaError::Snapshot {
                 doc: doc.clone(),
                 why,
             })?;
             for r in &state.registrations {
                 self.registry.add(r);
             }
+            match (doc.park(), records) {
+                (Some(park), Some(Ok(records))) => {
+                    self.stats.records_from_snapshots += records.len() as u64;
+                    self.index.load_ledger(park, records);
+                    indexed.insert(doc.clone());
+                }
+                (_, Some(Err(why))) => {
+                    // Derived data: read the records out of the document instead.
+                    tracing::warn!(%doc, why, "the snapshot's copy of the records is unreadable; re-reading them");
+                }
+                _ => {}
+            }
             self.docs.insert(doc, state);
         }
-        Ok(())
+        Ok(indexed)
     }
 
     /// Throws away every derived state and rebuilds it from the stored signed changes alone.
@@ -820,16 +950,59 @@ impl<S: Store> Replica<S> {
     ) -> Result<Vec<Report>, ReplicaError> {
         let mut reports: Vec<Report> = Vec::with_capacity(envelopes.len());
         let mut work = VecDeque::new();
-        for bytes in envelopes {
-            let idx = reports.len();
-            let (hash, doc, outcome) = self.admit(bytes, source, &mut work, idx)?;
-            reports.push(Report { hash, doc, outcome });
+        let mut admitted = HashSet::new();
+        if envelopes.len() < PREPARE_IN_PARALLEL {
+            for bytes in envelopes {
+                let idx = reports.len();
+                let (hash, doc, outcome) =
+                    self.admit(bytes, None, source, &mut work, &mut admitted, idx)?;
+                reports.push(Report { hash, doc, outcome });
+            }
+        } else {
+            // A page: each envelope's decoding and signature depend on its bytes alone, so
+            // they are checked on every core, a chunk at a time (each chunk's copies are
+            // dropped before the next is made). Admission then runs in order, as above.
+            let (federation, limits) = (self.federation, self.opts.limits);
+            let mut rest = envelopes.into_iter();
+            loop {
+                let chunk: Vec<Vec<u8>> = rest.by_ref().take(PREPARE_CHUNK).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let prepared = parallel_map(chunk, |bytes| {
+                    let p = Prepared::new(&bytes, &federation, limits);
+                    (bytes, p)
+                });
+                for (bytes, p) in prepared {
+                    let idx = reports.len();
+                    let (hash, doc, outcome) =
+                        self.admit(bytes, Some(p), source, &mut work, &mut admitted, idx)?;
+                    reports.push(Report { hash, doc, outcome });
+                }
+            }
         }
         let mut to_apply: BTreeMap<DocId, Vec<automerge::Change>> = BTreeMap::new();
         let mut touched: BTreeMap<DocId, BTreeSet<Touched>> = BTreeMap::new();
         let mut needs_rebuild = false;
         while let Some(w) = work.pop_front() {
             let hash = w.verified.hash;
+            if w.again {
+                let outcome = match self.seen(&w.doc, &hash)? {
+                    Seen::Held => {
+                        self.stats.duplicates += 1;
+                        Some(Outcome::Duplicate)
+                    }
+                    Seen::Refused => Some(self.refused_again()),
+                    // The first copy was dropped from the pending queue: judge this one.
+                    Seen::New => None,
+                };
+                if let Some(outcome) = outcome {
+                    if let Some(i) = w.report {
+                        reports[i].outcome = outcome;
+                    }
+                    continue;
+                }
+            }
             let verdict = rules::check_verified(&w.doc, w.verified.clone(), &self.view());
             let outcome = match verdict {
                 Verdict::Accept(checked) => {
@@ -914,39 +1087,37 @@ impl<S: Store> Replica<S> {
     }
 
     /// Steps 1 and 2 for one envelope: decode, tell duplicates, verify the signature, claim the
-    /// change's slot. What passes goes on the work queue.
+    /// change's slot. What passes goes on the work queue. `prepared` is what
+    /// [`Prepared::new`] found of these bytes beforehand, if it ran.
     fn admit(
         &mut self,
         bytes: Vec<u8>,
+        prepared: Option<Prepared>,
         source: &str,
         work: &mut VecDeque<Work>,
+        admitted: &mut HashSet<(DocId, Hash)>,
         idx: usize,
     ) -> Result<(Option<Hash>, Option<DocId>, Outcome), ReplicaError> {
         // Refusals before the signature is checked are recorded under the envelope's own
         // hash, never the change's: a corrupted copy must not shadow the genuine change.
-        let raw_key = Hash(Sha256::digest(&bytes).into());
+        let raw_key = prepared
+            .as_ref()
+            .map_or_else(|| raw_key(&bytes), |p| p.raw_key);
         if !self.restoring && self.store.is_rejected(None, &raw_key)? {
             return Ok((None, None, self.refused_again()));
         }
-        let envelope = match SignedChange::decode(&bytes, self.opts.limits.max_change_bytes) {
-            Ok(e) => e,
-            Err(e) => {
-                let reason = RejectReason::from(e);
-                return Ok((None, None, self.reject_raw(raw_key, None, &reason, source)?));
+        let parsed = match prepared {
+            Some(p) => p.parsed,
+            None => Prepared::parse(&bytes, &self.federation, self.opts.limits, false),
+        };
+        let (envelope, hash, signature) = match parsed {
+            Ok(p) => p,
+            Err((doc, reason)) => {
+                let outcome = self.reject_raw(raw_key, doc.clone(), &reason, source)?;
+                return Ok((None, doc, outcome));
             }
         };
         let doc = envelope.doc.clone();
-        let parsed = match envelope.parse() {
-            Ok(c) => c,
-            Err(e) => {
-                let reason = RejectReason::BadChange {
-                    message: e.to_string(),
-                };
-                let outcome = self.reject_raw(raw_key, Some(doc.clone()), &reason, source)?;
-                return Ok((None, Some(doc), outcome));
-            }
-        };
-        let hash = Hash::from(parsed.hash());
         match self.seen(&doc, &hash)? {
             Seen::Held => {
                 self.stats.duplicates += 1;
@@ -955,7 +1126,11 @@ impl<S: Store> Replica<S> {
             Seen::Refused => return Ok((Some(hash), Some(doc), self.refused_again())),
             Seen::New => {}
         }
-        let verified = match rules::verify_parsed(&envelope, parsed, &self.view()) {
+        let verified = match signature {
+            Signature::Checked(v) => v,
+            Signature::Unchecked(parsed) => rules::verify_parsed(&envelope, parsed, &self.view()),
+        };
+        let verified = match verified {
             Ok(v) => v,
             Err(reason) => {
                 let outcome = self.reject_raw(raw_key, Some(doc.clone()), &reason, source)?;
@@ -967,12 +1142,14 @@ impl<S: Store> Replica<S> {
             self.store.put_slot(&slot.0, &slot.1, slot.2, &hash)?;
             self.slots.insert(slot, hash);
         }
+        let again = !admitted.insert((doc.clone(), hash));
         work.push_back(Work {
             doc: doc.clone(),
             verified,
             envelope: bytes,
             source: source.to_owned(),
             report: Some(idx),
+            again,
         });
         Ok((
             Some(hash),
@@ -1100,6 +1277,7 @@ impl<S: Store> Replica<S> {
                 envelope: w.envelope,
                 source: w.source,
                 report: None,
+                again: false,
             });
         }
     }
@@ -1168,8 +1346,14 @@ impl<S: Store> Replica<S> {
     }
 
     fn snapshot(&mut self, doc: &DocId) -> Result<(), ReplicaError> {
+        // The index is up to date with every applied change whenever a snapshot is taken: its
+        // copy of the ledger's records matches the document saved beside it.
+        let records = match doc.park() {
+            Some(park) => self.index.encode_ledger(park),
+            None => Vec::new(),
+        };
         if let Some(state) = self.docs.get_mut(doc) {
-            let bytes = state.encode_snapshot();
+            let bytes = state.encode_snapshot(&records);
             state.since_snapshot = 0;
             self.store.put_snapshot(doc, &bytes)?;
         }
@@ -1188,9 +1372,10 @@ impl<S: Store> Replica<S> {
 
     // ---- the query index ----
 
-    /// Builds the query index from every document at start: the records of each ledger are
-    /// read out of Automerge on as many threads as there are cores, then indexed.
-    fn reindex_all(&mut self) {
+    /// Builds the query index from every document at start: the records of each ledger not in
+    /// `indexed` (whose snapshot's copy of its records is indexed already) are read out of
+    /// Automerge on as many threads as there are cores, then indexed.
+    fn reindex_all(&mut self, indexed: &HashSet<DocId>) {
         for p in self.registry.parks.clone() {
             let park = self
                 .docs
@@ -1201,6 +1386,7 @@ impl<S: Store> Replica<S> {
         let ledgers: Vec<(&ParkId, &DocState)> = self
             .docs
             .iter()
+            .filter(|(doc, _)| !indexed.contains(*doc))
             .filter_map(|(doc, state)| doc.park().map(|p| (p, state)))
             .collect();
         let read = parallel_map(ledgers, |(park, state)| {

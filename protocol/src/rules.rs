@@ -279,7 +279,17 @@ pub fn verify_parsed(
     parsed: automerge::Change,
     ctx: &dyn Context,
 ) -> Result<Verified, RejectReason> {
-    let limits = ctx.limits();
+    verify_signed(change, parsed, &ctx.federation(), ctx.limits())
+}
+
+/// [`verify_parsed`] with the only two facts it needs from the context: a pure function of
+/// its arguments, so the envelopes of a page can be verified on every core at once.
+pub fn verify_signed(
+    change: &SignedChange,
+    parsed: automerge::Change,
+    federation: &FederationId,
+    limits: Limits,
+) -> Result<Verified, RejectReason> {
     if change.change.len() > limits.max_change_bytes {
         return Err(RejectReason::TooLarge {
             found: change.change.len(),
@@ -292,7 +302,7 @@ pub fn verify_parsed(
         });
     }
     let verified = change
-        .verify_parsed(&ctx.federation(), parsed)
+        .verify_parsed(federation, parsed)
         .map_err(verify_error)?;
     if verified.change.len() > limits.max_ops {
         return Err(RejectReason::TooManyOps {

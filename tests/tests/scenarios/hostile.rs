@@ -833,3 +833,72 @@ fn withheld_dependencies_keep_the_pending_queue_within_its_bounds() {
         assert!(r.index().startup(&id).is_some(), "run-{i} missing");
     }
 }
+
+/// A page (64 envelopes or more) is decoded and its signatures checked on every core before the
+/// changes are judged in order. Its verdicts are those of the same envelopes handed over one
+/// at a time: a forged signature, bytes that are no envelope, a change that does not parse, a
+/// repeated refused envelope and a duplicate each get the same outcome either way.
+#[test]
+fn a_page_checked_on_every_core_gets_the_verdicts_of_one_at_a_time() {
+    let mut fed = federation();
+    let mut sample = Sample::new(10);
+    for _ in 0..90 {
+        let country = fed.park(0).country.clone();
+        fed.park(0)
+            .replica()
+            .create(Collection::Startups, None, &sample.startup(&country))
+            .expect("create");
+    }
+    let mut page = kervan_tests::entries(&fed.park(0).export());
+    assert!(page.len() >= 64, "a page of {} envelopes", page.len());
+    // A forged signature halfway (what follows from its author waits for it), ...
+    let forged = page.len() / 2;
+    let last = page[forged].len() - 1;
+    page[forged][last] ^= 1;
+    // ... the same forged envelope again, bytes that are no envelope, a change that does not
+    // parse, and a duplicate.
+    page.push(page[forged].clone());
+    page.insert(3, b"not an envelope".to_vec());
+    let mut unparsable = SignedChange::decode(&page[5], usize::MAX).expect("envelope");
+    unparsable.change[8] = 2;
+    page.insert(7, unparsable.encode());
+    page.push(page[10].clone());
+
+    let mut batch = fed.observer();
+    let at_once = batch.ingest(page.clone());
+    let mut single = fed.observer();
+    let one_by_one: Vec<_> = page
+        .iter()
+        .flat_map(|e| single.ingest(vec![e.clone()]))
+        .collect();
+    for (i, (a, b)) in at_once.iter().zip(&one_by_one).enumerate() {
+        assert_eq!(a, b, "envelope {i}");
+    }
+    assert_eq!(at_once.len(), one_by_one.len());
+    let tally = kervan_tests::tally(&at_once);
+    assert!(
+        tally.get("accepted").copied().unwrap_or(0) > 40,
+        "{tally:?}"
+    );
+    for code in [
+        "bad_signature",
+        "already_rejected",
+        "malformed",
+        "bad_change",
+        "duplicate",
+    ] {
+        assert!(
+            at_once.iter().any(|r| match &r.outcome {
+                Outcome::Rejected { code: c, .. } => c == code,
+                Outcome::Duplicate => code == "duplicate",
+                _ => false,
+            }),
+            "no {code} outcome in {tally:?}"
+        );
+    }
+    assert_eq!(batch.replica.digest(), single.replica.digest());
+    assert_eq!(
+        batch.replica.pending_count(),
+        single.replica.pending_count()
+    );
+}

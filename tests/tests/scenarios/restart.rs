@@ -2,6 +2,7 @@ use kervan_node::Collection;
 use kervan_node::Store;
 use kervan_node::replica::Outcome;
 use kervan_node::sample::Sample;
+use kervan_protocol::Hash;
 use kervan_tests::{FOUNDING, Federation};
 
 /// Every write the replica acknowledged is there after the node is dropped without a clean
@@ -119,4 +120,166 @@ fn received_changes_are_visible_at_once_and_durable_after_the_deferred_flush() {
         .create(Collection::Startups, None, &sample.startup("KG"))
         .expect("write");
     assert!(park.replica().unflushed_for().is_none());
+}
+
+/// Two parks with startups, a program, an application across them and the host's decision,
+/// snapshots every 5 changes, and a tail of updates and removals after the last snapshot.
+/// Answers park 0's ledger document id, its view and its digest.
+fn two_parks_with_a_tail() -> (Federation, kervan_protocol::DocId, serde_json::Value, Hash) {
+    let mut fed = Federation::with(&FOUNDING[..2], |c| c.store.snapshot_every = 5);
+    let mut sample = Sample::new(4);
+    let mut startups = Vec::new();
+    for i in 0..2 {
+        let country = fed.park(i).country.clone();
+        for _ in 0..12 {
+            startups.push(
+                fed.park(i)
+                    .replica()
+                    .create(Collection::Startups, None, &sample.startup(&country))
+                    .expect("write"),
+            );
+        }
+    }
+    let host = fed.park(0).id.to_string();
+    fed.park(0)
+        .replica()
+        .create(
+            Collection::Programs,
+            Some("residency"),
+            &sample.program(&host),
+        )
+        .expect("program");
+    fed.exchange_all();
+    let applicant = startups
+        .iter()
+        .find(|s| s.park() == &fed.parks[1].id)
+        .expect("a startup of park 1")
+        .to_string();
+    let app = fed
+        .park(1)
+        .replica()
+        .create(
+            Collection::Applications,
+            None,
+            &serde_json::json!({"startup": applicant, "program": format!("{host}/residency")}),
+        )
+        .expect("apply");
+    fed.exchange_all();
+    fed.park(0)
+        .replica()
+        .decide(&app, &serde_json::json!({"status": "accepted"}))
+        .expect("decide");
+    // The tail: an update and a removal in each ledger, after park 0's last snapshot.
+    for (i, s) in [(0, &startups[1]), (1, &startups[13])] {
+        fed.park(i)
+            .replica()
+            .update(
+                Collection::Startups,
+                s,
+                &serde_json::json!({"stage": "growth"}),
+            )
+            .expect("update");
+    }
+    for (i, s) in [(0, &startups[2]), (1, &startups[14])] {
+        fed.park(i)
+            .replica()
+            .remove(Collection::Startups, s)
+            .expect("remove");
+    }
+    fed.exchange_all();
+    let ledger: kervan_protocol::DocId =
+        format!("park/{}", fed.parks[0].id).parse().expect("doc id");
+    let park = fed.park(0);
+    let view = park.view();
+    assert_eq!(
+        view["applications"][0]["status"], "accepted",
+        "the decision is joined"
+    );
+    let digest = park.digest();
+    (fed, ledger, view, digest)
+}
+
+/// A ledger's snapshot keeps the query index's copy of its records, and a start indexes them
+/// from there instead of reading every record out of Automerge; the tail after the snapshot
+/// (updates, removals, another park's decision) is re-read over them. The answers are those of
+/// a full replay.
+#[test]
+fn a_start_indexes_the_records_kept_with_the_snapshots() {
+    let (mut fed, _, view, digest) = two_parks_with_a_tail();
+    let park = fed.park(0);
+    park.restart();
+    assert!(
+        park.replica().stats().records_from_snapshots > 0,
+        "the start read no records from the snapshots"
+    );
+    assert_eq!(park.digest(), digest);
+    assert_eq!(park.view(), view, "snapshot records + tail");
+
+    // A clean shutdown snapshots everything: the next start reads every record from there.
+    park.replica().snapshot_all().expect("snapshot");
+    park.restart();
+    assert_eq!(park.view(), view, "snapshot records alone");
+
+    park.replica().rebuild().expect("rebuild");
+    assert_eq!(park.replica().stats().records_from_snapshots, 0);
+    assert_eq!(park.view(), view, "full replay");
+}
+
+/// The records kept with a snapshot are derived data: when they are unreadable, or when the
+/// snapshot predates them, the start reads the records out of the document instead.
+#[test]
+fn a_snapshot_without_readable_records_still_starts() {
+    let (mut fed, ledger, view, digest) = two_parks_with_a_tail();
+    let park = fed.park(0);
+    park.replica().snapshot_all().expect("snapshot");
+    let bytes = park
+        .replica()
+        .store()
+        .snapshot(&ledger)
+        .expect("read")
+        .expect("a snapshot");
+    assert_eq!(&bytes[..4], b"KVS\x02");
+    let meta_len = u64::from_be_bytes(bytes[4..12].try_into().expect("8 bytes")) as usize;
+    let records_at = 12 + meta_len;
+    let records_len = u64::from_be_bytes(
+        bytes[records_at..records_at + 8]
+            .try_into()
+            .expect("8 bytes"),
+    ) as usize;
+    let records = records_at + 8..records_at + 8 + records_len;
+    assert!(records_len > 0, "the ledger's snapshot keeps its records");
+    let from_snapshots =
+        |park: &mut kervan_tests::Park| park.replica().stats().records_from_snapshots;
+    park.restart();
+    let all = from_snapshots(park);
+
+    // Unreadable records: the bytes of the first one damaged.
+    let mut damaged = bytes.clone();
+    damaged[records.start] = b'#';
+    park.replica()
+        .store()
+        .put_snapshot(&ledger, &damaged)
+        .expect("write");
+    park.replica().store().flush().expect("flush");
+    park.restart();
+    assert_eq!(park.digest(), digest);
+    assert_eq!(park.view(), view, "records re-read after a damaged copy");
+    assert!(from_snapshots(park) < all, "the damaged copy was used");
+
+    // The form of snapshot written before records were kept: meta_len | meta | document.
+    let mut old = bytes[4..records_at].to_vec();
+    old.extend_from_slice(&bytes[records.end..]);
+    park.replica()
+        .store()
+        .put_snapshot(&ledger, &old)
+        .expect("write");
+    park.replica().store().flush().expect("flush");
+    park.restart();
+    assert_eq!(park.digest(), digest);
+    assert_eq!(
+        park.view(),
+        view,
+        "records read from an older snapshot's document"
+    );
+    assert!(from_snapshots(park) < all);
 }
