@@ -143,13 +143,16 @@ impl Writer {
         Ok(w)
     }
 
-    fn commit(&mut self, fed: &FederationId, t: i64) -> Vec<u8> {
-        self.doc.commit_with(CommitOptions::default().with_time(t));
+    /// Signs what was just edited; `None` when the edit changed nothing (Automerge then
+    /// commits no change, and the last change is an older one).
+    fn commit(&mut self, fed: &FederationId, t: i64) -> Option<Vec<u8>> {
+        self.doc
+            .commit_with(CommitOptions::default().with_time(t))?;
         let mut change = self
             .doc
             .get_last_local_change()
             .expect("a change was just committed");
-        SignedChange::sign(fed, self.doc_id.clone(), &mut change, &self.key).encode()
+        Some(SignedChange::sign(fed, self.doc_id.clone(), &mut change, &self.key).encode())
     }
 
     fn create(
@@ -166,7 +169,8 @@ impl Writer {
         let coll = self.colls[collection].clone();
         self.doc
             .batch_create_object(&coll, id.to_string().as_str(), &value, false)?;
-        Ok(self.commit(fed, t))
+        self.commit(fed, t)
+            .context("creating a record committed nothing")
     }
 
     fn update(
@@ -176,7 +180,7 @@ impl Writer {
         collection: &'static str,
         id: &RecordId,
         fields: &[(&str, automerge::ScalarValue)],
-    ) -> anyhow::Result<Vec<u8>> {
+    ) -> anyhow::Result<Option<Vec<u8>>> {
         let coll = self.colls[collection].clone();
         let rec = match self.doc.get(&coll, id.to_string().as_str())? {
             Some((automerge::Value::Object(_), o)) => o,
@@ -296,8 +300,9 @@ impl Generator {
         let t = self.tick();
         let stamp_now = automerge::ScalarValue::Str(rfc3339(t).into());
         if self.rng.random_range(0..10) == 0 && !self.writers[w].applications.is_empty() {
+            // Withdrawn once: withdrawing again would change nothing.
             let i = self.rng.random_range(0..self.writers[w].applications.len());
-            let app = self.writers[w].applications[i].clone();
+            let app = self.writers[w].applications.swap_remove(i);
             let env = self.writers[w].update(
                 &self.federation,
                 t,
@@ -305,8 +310,8 @@ impl Generator {
                 &app,
                 &[("withdrawn", automerge::ScalarValue::Boolean(true))],
             )?;
-            self.counts.updates += 1;
-            return Ok(Some(env));
+            self.counts.updates += usize::from(env.is_some());
+            return Ok(env);
         }
         if self.writers[w].startups.is_empty() {
             return Ok(None);
@@ -326,8 +331,8 @@ impl Generator {
                 ("updated_at", stamp_now),
             ],
         )?;
-        self.counts.updates += 1;
-        Ok(Some(env))
+        self.counts.updates += usize::from(env.is_some());
+        Ok(env)
     }
 
     /// The changes of `startups` more startups and what goes with them: about one program per
