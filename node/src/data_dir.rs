@@ -359,7 +359,7 @@ impl DataDir {
                 | StoreError::Damaged(_)
                 | StoreError::Sled(sled::Error::Corruption { .. }) => s.to_string(),
                 StoreError::Sled(sled::Error::ReportableBug(b)) => format!("sled: {b}"),
-                StoreError::Sled(_) => return e,
+                StoreError::Sled(_) | StoreError::Records(_) => return e,
             },
             DataDirError::Replica(r @ ReplicaError::Snapshot { .. }) => r.to_string(),
             _ => return e,

@@ -199,10 +199,7 @@ impl DocState {
         self.since_snapshot += 1;
     }
 
-    /// `KVS2 | meta_len:u64be | meta | records_len:u64be | records | saved document`, where
-    /// `records` is the query index's copy of a ledger's records at the same heads (empty for
-    /// the federation document).
-    fn encode_snapshot(&mut self, records: &[u8]) -> Vec<u8> {
+    fn encode_snapshot(&mut self) -> Vec<u8> {
         let meta = DocMeta {
             order: self
                 .order
@@ -214,45 +211,24 @@ impl DocState {
         };
         let meta = meta.encode();
         let doc = self.doc.save();
-        let mut out =
-            Vec::with_capacity(SNAPSHOT_MAGIC.len() + 16 + meta.len() + records.len() + doc.len());
-        out.extend_from_slice(SNAPSHOT_MAGIC);
+        let mut out = Vec::with_capacity(8 + meta.len() + doc.len());
         out.extend_from_slice(&(meta.len() as u64).to_be_bytes());
         out.extend_from_slice(&meta);
-        out.extend_from_slice(&(records.len() as u64).to_be_bytes());
-        out.extend_from_slice(records);
         out.extend_from_slice(&doc);
         out
     }
 
-    /// Decodes a snapshot: the document's state, and the ledger records kept with it, if any.
-    /// Snapshots written before the records were kept (`meta_len:u64be | meta | document`,
-    /// whose first byte is 0) are still read, without records.
-    fn decode_snapshot(bytes: &[u8], actor: Option<Actor>) -> Result<(Self, &[u8]), String> {
-        fn section(bytes: &[u8], what: &str) -> Result<(usize, usize), String> {
-            let len = bytes
-                .get(..8)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| format!("{what} length truncated"))?;
-            let len = usize::try_from(len)
-                .ok()
-                .filter(|l| *l <= bytes.len() - 8)
-                .ok_or_else(|| format!("{what} truncated"))?;
-            Ok((8, 8 + len))
-        }
-        let (meta, records, rest) = match bytes.strip_prefix(SNAPSHOT_MAGIC) {
-            Some(body) => {
-                let (m0, m1) = section(body, "metadata")?;
-                let (r0, r1) = section(&body[m1..], "records")?;
-                let after = &body[m1..];
-                (&body[m0..m1], &after[r0..r1], &after[r1..])
-            }
-            None => {
-                let (m0, m1) = section(bytes, "metadata")?;
-                (&bytes[m0..m1], &bytes[..0], &bytes[m1..])
-            }
-        };
+    fn decode_snapshot(bytes: &[u8], actor: Option<Actor>) -> Result<Self, String> {
+        let len = bytes
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or("shorter than its header")?;
+        let meta = bytes
+            .get(8..8usize.saturating_add(len))
+            .ok_or("metadata truncated")?;
+        let rest = &bytes[8 + len..];
         let meta = DocMeta::decode(meta)?;
         let mut doc = AutoCommit::load(rest).map_err(|e| e.to_string())?;
         if let Some(a) = actor {
@@ -270,7 +246,16 @@ impl DocState {
         }
         state.objects = meta.objects.into_iter().collect();
         state.registrations = meta.registrations;
-        Ok((state, records))
+        Ok(state)
+    }
+
+    /// Names the set of accepted changes: the tag of a copy of the records made from them.
+    fn tag(&self) -> Hash {
+        let mut h = Sha256::new();
+        for hash in &self.order {
+            h.update(hash.0);
+        }
+        Hash(h.finalize().into())
     }
 }
 
@@ -343,8 +328,9 @@ fn raw_key(bytes: &[u8]) -> Hash {
     Hash(Sha256::digest(bytes).into())
 }
 
-/// Marks a snapshot that keeps the ledger's records beside the document.
-const SNAPSHOT_MAGIC: &[u8; 4] = b"KVS\x02";
+/// Marks the query index's copy of a ledger's records: `KVR1 | tag:[u8; 32] | JSON`, the tag
+/// naming the accepted changes it was made from ([`DocState::tag`]).
+const RECORDS_MAGIC: &[u8; 4] = b"KVR\x01";
 
 /// What a node already knows of a change it receives.
 enum Seen {
@@ -783,9 +769,10 @@ impl<S: Store> Replica<S> {
     }
 
     /// Loads the snapshots of `docs`, decoding them on as many threads as there are cores:
-    /// each is an independent Automerge document, and loading them is most of a start. The
-    /// ledger records kept with a snapshot go into the query index; answers the documents
-    /// whose records did, which [`Self::reindex_all`] need not read again.
+    /// each is an independent Automerge document, and loading them is most of a start. Then
+    /// indexes the copy of each ledger's records kept beside its snapshot, where it was made
+    /// from the same changes; answers the documents whose records were indexed that way, which
+    /// [`Self::reindex_all`] need not read out of Automerge again.
     fn load_snapshots(&mut self, docs: Vec<DocId>) -> Result<HashSet<DocId>, ReplicaError> {
         let mut stored = Vec::with_capacity(docs.len());
         for doc in docs {
@@ -795,39 +782,57 @@ impl<S: Store> Replica<S> {
         }
         let actor = self.actor();
         let decoded = parallel_map(stored, |(doc, bytes)| {
-            let state = DocState::decode_snapshot(&bytes, actor).map(|(state, records)| {
-                let records = match doc.park() {
-                    Some(park) if !records.is_empty() => Some(LedgerRecords::decode(park, records)),
-                    _ => None,
-                };
-                (state, records)
-            });
+            let state = DocState::decode_snapshot(&bytes, actor);
             (doc, state)
         });
         let mut indexed = HashSet::new();
         for (doc, state) in decoded {
-            let (state, records) = state.map_err(|why| ReplicaError::Snapshot {
+            let state = state.map_err(|why| ReplicaError::Snapshot {
                 doc: doc.clone(),
                 why,
             })?;
             for r in &state.registrations {
                 self.registry.add(r);
             }
-            match (doc.park(), records) {
-                (Some(park), Some(Ok(records))) => {
-                    self.stats.records_from_snapshots += records.len() as u64;
-                    self.index.load_ledger(park, records);
-                    indexed.insert(doc.clone());
+            if let Some(park) = doc.park() {
+                // One ledger at a time: each copy is dropped once indexed.
+                match self.ledger_records(&doc, park, &state) {
+                    Ok(Some(records)) => {
+                        self.stats.records_from_snapshots += records.len() as u64;
+                        self.index.load_ledger(park, records);
+                        indexed.insert(doc.clone());
+                    }
+                    Ok(None) => {}
+                    Err(why) => {
+                        // Derived data: the records are read out of the document instead.
+                        tracing::warn!(%doc, why, "the copy of the ledger's records is unreadable; re-reading them");
+                    }
                 }
-                (_, Some(Err(why))) => {
-                    // Derived data: read the records out of the document instead.
-                    tracing::warn!(%doc, why, "the snapshot's copy of the records is unreadable; re-reading them");
-                }
-                _ => {}
             }
             self.docs.insert(doc, state);
         }
         Ok(indexed)
+    }
+
+    /// The copy of a ledger's records kept beside its snapshot, if there is one made from the
+    /// snapshot's changes (a copy from another snapshot, older or newer, is not used).
+    fn ledger_records(
+        &self,
+        doc: &DocId,
+        park: &ParkId,
+        state: &DocState,
+    ) -> Result<Option<LedgerRecords>, String> {
+        let Some(bytes) = self.store.ledger_records(doc).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let body = bytes
+            .strip_prefix(RECORDS_MAGIC)
+            .ok_or("not a copy of ledger records (bad magic bytes)")?;
+        let (tag, json) = body.split_at_checked(32).ok_or("truncated")?;
+        if tag != state.tag().0 {
+            return Ok(None);
+        }
+        LedgerRecords::decode(park, json).map(Some)
     }
 
     /// Throws away every derived state and rebuilds it from the stored signed changes alone.
@@ -1346,14 +1351,20 @@ impl<S: Store> Replica<S> {
     }
 
     fn snapshot(&mut self, doc: &DocId) -> Result<(), ReplicaError> {
-        // The index is up to date with every applied change whenever a snapshot is taken: its
-        // copy of the ledger's records matches the document saved beside it.
-        let records = match doc.park() {
-            Some(park) => self.index.encode_ledger(park),
-            None => Vec::new(),
-        };
+        if let (Some(park), Some(state)) = (doc.park(), self.docs.get(doc)) {
+            // The index is up to date with every applied change whenever a snapshot is taken:
+            // its copy of the ledger's records is made from the snapshot's changes. The copy is
+            // kept out of sled's log, which a start would otherwise read back into memory.
+            let mut records = RECORDS_MAGIC.to_vec();
+            records.extend_from_slice(&state.tag().0);
+            records.extend_from_slice(&self.index.encode_ledger(park));
+            if let Err(e) = self.store.put_ledger_records(doc, &records) {
+                // Only the next start's speed depends on it.
+                tracing::warn!(%doc, error = %e, "cannot keep the copy of the ledger's records");
+            }
+        }
         if let Some(state) = self.docs.get_mut(doc) {
-            let bytes = state.encode_snapshot(&records);
+            let bytes = state.encode_snapshot();
             state.since_snapshot = 0;
             self.store.put_snapshot(doc, &bytes)?;
         }

@@ -25,6 +25,9 @@ pub enum StoreError {
     /// sled's files are damaged: they do not open, or hold less than was flushed.
     #[error("{0}")]
     Damaged(String),
+    /// A copy of ledger records (derived data) could not be read or written.
+    #[error("copy of ledger records in {0}")]
+    Records(String),
 }
 
 /// A change refused for good, kept with its reason and never requested again.
@@ -118,7 +121,14 @@ pub trait Store: Send {
     fn frozen_keys(&self) -> Result<Vec<DeviceKey>, StoreError>;
     fn put_snapshot(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError>;
     fn snapshot(&self, doc: &DocId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Clears the snapshots and the copies of ledger records.
     fn clear_snapshots(&self) -> Result<(), StoreError>;
+    /// Keeps the query index's copy of a ledger's records, made with its latest snapshot. It is
+    /// derived data, a cache for the next start: written outside the store's log and never
+    /// synced, so a crash may leave an older copy, or none, or a torn one, which the reader
+    /// must tell and ignore.
+    fn put_ledger_records(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError>;
+    fn ledger_records(&self, doc: &DocId) -> Result<Option<Vec<u8>>, StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
     fn size_on_disk(&self) -> Result<u64, StoreError>;
@@ -136,6 +146,8 @@ pub struct SledStore {
     frozen_keys: sled::Tree,
     snapshots: sled::Tree,
     seal: std::sync::Arc<Seal>,
+    /// Where the copies of ledger records are kept: a directory beside sled's files.
+    records_dir: std::path::PathBuf,
 }
 
 /// The store's seal: a small file beside sled's, rewritten after every flush, holding how many
@@ -155,6 +167,8 @@ struct Seal {
 
 /// The seal's file name inside the store directory.
 const SEAL_FILE: &str = "kervan.seal";
+/// The directory of the copies of ledger records inside the store directory.
+const RECORDS_DIR: &str = "records";
 
 impl Seal {
     fn write(&self, n: u64) -> Result<(), StoreError> {
@@ -234,6 +248,7 @@ impl SledStore {
             evidence: db.open_tree("evidence")?,
             frozen_keys: db.open_tree("frozen_keys")?,
             snapshots: db.open_tree("snapshots")?,
+            records_dir: path.join(RECORDS_DIR),
             db,
         })
     }
@@ -357,6 +372,17 @@ fn json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, S
 
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("store records serialise")
+}
+
+impl SledStore {
+    /// The file of a document's copy of records: named by the hex of its id, which holds `/`.
+    fn records_path(&self, doc: &DocId) -> std::path::PathBuf {
+        self.records_dir.join(hex::encode(doc.to_string()))
+    }
+
+    fn records_error(&self, e: std::io::Error) -> StoreError {
+        StoreError::Records(format!("{}: {e}", self.records_dir.display()))
+    }
 }
 
 impl Store for SledStore {
@@ -528,7 +554,27 @@ impl Store for SledStore {
 
     fn clear_snapshots(&self) -> Result<(), StoreError> {
         self.snapshots.clear()?;
-        Ok(())
+        match std::fs::remove_dir_all(&self.records_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.records_error(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn put_ledger_records(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.records_path(doc);
+        let tmp = path.with_extension("tmp");
+        std::fs::create_dir_all(&self.records_dir)
+            .and_then(|()| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| self.records_error(e))
+    }
+
+    fn ledger_records(&self, doc: &DocId) -> Result<Option<Vec<u8>>, StoreError> {
+        match std::fs::read(self.records_path(doc)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.records_error(e)),
+        }
     }
 
     fn flush(&self) -> Result<(), StoreError> {
