@@ -1398,9 +1398,9 @@ fn decode_cursor(c: &str) -> Result<(String, RecordId), QueryError> {
 type Decisions = HashMap<RecordId, BTreeMap<ParkId, Decision>>;
 
 /// The records one park's ledger holds, as the index keeps them (applications not yet joined
-/// with decisions; decisions by the application they decide). A snapshot of the ledger keeps
-/// them beside the saved document, so that a start indexes them without reading each record
-/// back out of Automerge.
+/// with decisions; decisions by the application they decide). Each snapshot of the ledger is
+/// written with a copy of them (a file beside the store's, tagged with the snapshot's changes),
+/// so that a start indexes them without reading each record back out of Automerge.
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LedgerRecords {
     pub startups: Vec<Startup>,
