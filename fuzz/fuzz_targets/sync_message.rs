@@ -1,4 +1,4 @@
-//! Fuzzes the anti-entropy messages of `/kervan/sync/2` as a node reads them from a peer: the
+//! Fuzzes the anti-entropy messages of `/kervan/sync/3` as a node reads them from a peer: the
 //! bytes are decoded exactly as libp2p's `request_response::cbor` codec decodes them (at most
 //! the node's size limit, then `cbor4ii::serde::from_slice`), as a `Request` and as a
 //! `Response`, and what comes out is handed to the code that follows in the node.

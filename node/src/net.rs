@@ -1,5 +1,5 @@
 //! The net actor: the sole owner of the libp2p Swarm (TCP, noise, yamux; identify; ping;
-//! gossipsub for pushing changes; `/kervan/sync/2` for anti-entropy; an allow list that
+//! gossipsub for pushing changes; `/kervan/sync/3` for anti-entropy; an allow list that
 //! refuses every connection from a device the federation document does not register).
 //!
 //! It turns the replica's verdicts into gossipsub validation results: an accepted change is
@@ -69,9 +69,108 @@ pub enum NetError {
 struct Behaviour {
     allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
     gossipsub: gossipsub::Behaviour,
-    sync: request_response::cbor::Behaviour<Request, Response>,
+    sync: request_response::Behaviour<SyncCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
+}
+
+/// The codec of `/kervan/sync/3`: libp2p's cbor codec with the protocol's size limits, except
+/// that a message whose bytes arrived but do not decode is always `InvalidData`, an offence.
+/// The cbor codec reports what `Request`'s and `Response`'s own checks refuse (a packed run
+/// that does not unpack or inflates past its limit, a run without its prefix, a delta out of
+/// order) as `Other`, the kind a broken stream has too, which is no offence.
+#[derive(Clone)]
+pub(crate) struct SyncCodec(request_response::cbor::codec::Codec<Request, Response>);
+
+impl std::fmt::Debug for SyncCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncCodec")
+    }
+}
+
+impl Default for SyncCodec {
+    fn default() -> Self {
+        Self(
+            request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(sync::MAX_REQUEST_BYTES as u64)
+                .set_response_size_maximum(sync::MAX_RESPONSE_BYTES as u64),
+        )
+    }
+}
+
+/// A decoding error as the net actor judges it: bytes a peer sent that are no message.
+fn malformed(e: std::io::Error) -> std::io::Error {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::InvalidData | ErrorKind::UnexpectedEof | ErrorKind::Unsupported => e,
+        _ => std::io::Error::new(ErrorKind::InvalidData, e.to_string()),
+    }
+}
+
+impl request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, p: &StreamProtocol, io: &mut T) -> std::io::Result<Request>
+    where
+        T: libp2p::futures::AsyncRead + Unpin + Send,
+    {
+        use libp2p::futures::AsyncReadExt as _;
+        // Read first, as the cbor codec does (up to the limit, truncating past it): an error
+        // here is the stream's, one from decoding what was read is the peer's.
+        let mut bytes = Vec::new();
+        io.take(sync::MAX_REQUEST_BYTES as u64)
+            .read_to_end(&mut bytes)
+            .await?;
+        self.0
+            .read_request(p, &mut bytes.as_slice())
+            .await
+            .map_err(malformed)
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Response>
+    where
+        T: libp2p::futures::AsyncRead + Unpin + Send,
+    {
+        use libp2p::futures::AsyncReadExt as _;
+        let mut bytes = Vec::new();
+        io.take(sync::MAX_RESPONSE_BYTES as u64)
+            .read_to_end(&mut bytes)
+            .await?;
+        self.0
+            .read_response(p, &mut bytes.as_slice())
+            .await
+            .map_err(malformed)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+        req: Request,
+    ) -> std::io::Result<()>
+    where
+        T: libp2p::futures::AsyncWrite + Unpin + Send,
+    {
+        self.0.write_request(p, io, req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+        resp: Response,
+    ) -> std::io::Result<()>
+    where
+        T: libp2p::futures::AsyncWrite + Unpin + Send,
+    {
+        self.0.write_response(p, io, resp).await
+    }
 }
 
 /// What the node knows of one peer, as `GET /v1/status` shows it.
@@ -298,11 +397,8 @@ impl Net {
             .with_behaviour(|key| {
                 let gossipsub =
                     gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gossip_config)?;
-                let codec = request_response::cbor::codec::Codec::default()
-                    .set_request_size_maximum(sync::MAX_REQUEST_BYTES as u64)
-                    .set_response_size_maximum(sync::MAX_RESPONSE_BYTES as u64);
                 let sync = request_response::Behaviour::with_codec(
-                    codec,
+                    SyncCodec::default(),
                     [(StreamProtocol::new(sync::PROTOCOL), ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(60)),
@@ -1015,12 +1111,8 @@ mod tests {
 
     use super::*;
 
-    type SyncCodec = request_response::cbor::codec::Codec<Request, Response>;
-
     fn codec() -> SyncCodec {
         SyncCodec::default()
-            .set_request_size_maximum(sync::MAX_REQUEST_BYTES as u64)
-            .set_response_size_maximum(sync::MAX_RESPONSE_BYTES as u64)
     }
 
     fn protocol() -> StreamProtocol {
@@ -1246,19 +1338,54 @@ mod tests {
             }),
             ("a map", vec![0xa1, 0x64, b'P', b'u', b'l', b'l', 0x80]),
         ] {
-            // Not the protocol's CBOR (`InvalidData`), or not its messages (`Other`, as the
-            // codec reports serde's errors).
+            // Whether it is not the protocol's CBOR or not its messages (which libp2p's cbor
+            // codec reports as `Other`), it is malformed: an offence (see `OutboundFailure`).
             let e = read_request(&bytes).expect_err(what);
-            assert!(
-                matches!(
-                    e.kind(),
-                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::Other
-                ),
-                "{what}: {e}"
-            );
+            assert!(offence(&e), "{what}: {e}");
         }
-        for bytes in [vec![0x81, 0x03], vec![0x82, 0x02, 0x00], vec![0x81, 0x01]] {
-            assert!(read_response(&bytes).is_err(), "{bytes:?}");
+        // Answers: an unknown kind, a kind without its fields, a run without its prefix, a
+        // packed run that is no deflate stream, and one whose signatures do not match.
+        let prefix = [&[1u8, 6][..], b"park/a"].concat();
+        // `[1, [[prefix, packed, sigs]], false, []]`, written out byte by byte.
+        let packed = |packed: &[u8], sigs: &[u8]| {
+            let mut out = vec![0x84, 0x01, 0x81, 0x83];
+            for b in [&prefix[..], packed, sigs] {
+                match b.len() {
+                    n @ 0..24 => out.push(0x40 | n as u8),
+                    n @ 24..256 => out.extend([0x58, n as u8]),
+                    n => out.extend([0x59, (n >> 8) as u8, n as u8]),
+                }
+                out.extend_from_slice(b);
+            }
+            out.extend([0xf4, 0x80]);
+            out
+        };
+        for bytes in [
+            vec![0x81, 0x03],
+            vec![0x82, 0x02, 0x00],
+            vec![0x81, 0x01],
+            vec![0x84, 0x01, 0x81, 0x80, 0xf4, 0x80],
+            packed(b"no deflate", &[0; 64]),
+            packed(&[0x03, 0x00], &[0; 64]),
+        ] {
+            let e = read_response(&bytes).expect_err("malformed");
+            assert!(offence(&e), "{bytes:?}: {e}");
         }
+        // The last one is an empty deflate stream: no change, yet a signature.
+        assert!(
+            read_response(&packed(&[0x03, 0x00], &[])).is_ok_and(
+                |r| matches!(r, Response::Changes { changes, .. } if changes.is_empty())
+            )
+        );
+    }
+
+    /// The error kinds the net actor counts as a peer's offence.
+    fn offence(e: &std::io::Error) -> bool {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::InvalidData
+                | std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::Unsupported
+        )
     }
 }

@@ -7,10 +7,12 @@
 //! - [`genesis`]: park cards, the federation's genesis and a ledger's first change.
 //! - [`rules`]: `check(change, context) -> Verdict`, the same verdict on every node.
 //! - [`sync`]: the anti-entropy messages and what one node must send another.
+//! - [`pack`]: a sync page's run of changes of one document, deflated together.
 
 pub mod envelope;
 pub mod genesis;
 pub mod ids;
+pub mod pack;
 pub mod records;
 pub mod rules;
 pub mod sync;

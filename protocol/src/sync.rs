@@ -1,4 +1,4 @@
-//! Anti-entropy (DESIGN §6): the wire messages of `/kervan/sync/2` and the pure decisions of
+//! Anti-entropy (DESIGN §6): the wire messages of `/kervan/sync/3` and the pure decisions of
 //! what one node must send another.
 //!
 //! A node sends its summary: for each (document, actor) the highest accepted seq and that
@@ -30,12 +30,15 @@
 //! doc      = "" / park-id: tstr              ; the federation document, or a park's ledger
 //! changed  = [* (index: uint, seq: uint, hash: bstr 32)]  ; index in the base's sorted heads
 //! Response = [0, peers] / [1, runs, more: bool, peers] / [2]  ; 2: UnknownBase
-//! runs     = [* [prefix: bstr, * body: bstr]] ; envelopes of one document in a row: the
-//!                                             ; prefix (version, id length, id) once, each body
-//!                                             ; change + signature without the change's
-//!                                             ; length and its chunk's magic and checksum,
-//!                                             ; which the receiver rebuilds;
-//!                                             ; an empty prefix: bodies are whole envelopes
+//! runs     = [* run]
+//! run      = [prefix: bstr, packed: bstr, sigs: bstr]
+//!                                             ; envelopes of one document in a row: the
+//!                                             ; prefix (version, id length, id) once, the
+//!                                             ; changes without their length, magic and
+//!                                             ; checksum (which the receiver rebuilds)
+//!                                             ; deflated together (crate::pack), and their
+//!                                             ; signatures, 64 bytes each
+//!          / [h'', * envelope: bstr]          ; envelopes that do not split, whole
 //! peers    = [* [peer: tstr, [* addr: tstr]]]
 //! ```
 
@@ -51,7 +54,7 @@ use sha2::{Digest, Sha256};
 use crate::ids::{Actor, DocId, Hash};
 
 /// The request-response protocol name.
-pub const PROTOCOL: &str = "/kervan/sync/2";
+pub const PROTOCOL: &str = "/kervan/sync/3";
 /// The most bytes of changes one page carries (the last change may cross it).
 pub const MAX_PAGE_BYTES: usize = 1 << 20;
 /// The most changes one page carries; an answer with more is refused whole.
@@ -60,6 +63,8 @@ pub const MAX_PAGE_CHANGES: usize = 4096;
 pub const MAX_REQUEST_BYTES: usize = 2 << 20;
 /// The largest response a node reads: a full page and its framing.
 pub const MAX_RESPONSE_BYTES: usize = MAX_PAGE_BYTES + (1 << 20);
+/// What the packed runs of one response may inflate to, all together.
+pub const MAX_UNPACKED_BYTES: usize = MAX_RESPONSE_BYTES;
 /// Summaries a [`SummaryCache`] keeps by default.
 pub const CACHED_SUMMARIES: usize = 64;
 /// Heads, summed over its summaries, a [`SummaryCache`] keeps by default.
@@ -122,7 +127,7 @@ pub struct PeerAddrs {
     pub addrs: Vec<String>,
 }
 
-/// A request of `/kervan/sync/2`.
+/// A request of `/kervan/sync/3`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// "This is what I hold: send what I lack."
@@ -131,7 +136,7 @@ pub enum Request {
     PullDelta(Delta),
 }
 
-/// A response of `/kervan/sync/2`.
+/// A response of `/kervan/sync/3`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// The digests are equal.
@@ -659,8 +664,9 @@ impl<'de> Deserialize<'de> for PeerAddrs {
 }
 
 /// A page's envelopes on the wire: runs of envelopes of one document, the document named once
-/// per run and each change without what the receiver rebuilds (`crate::envelope::split_wire`): `[* [prefix: bstr, * body: bstr]]`. An envelope that
-/// does not split travels whole after an empty prefix.
+/// per run and its changes packed together ([`crate::pack`]) without what the receiver
+/// rebuilds (`crate::envelope::split_wire`): `[* [prefix: bstr, packed: bstr, sigs: bstr]]`.
+/// Envelopes that do not split travel whole after an empty prefix: `[h'', * envelope: bstr]`.
 struct EnvelopesOut<'a>(&'a [Vec<u8>]);
 
 impl Serialize for EnvelopesOut<'_> {
@@ -669,7 +675,7 @@ impl Serialize for EnvelopesOut<'_> {
         for e in self.0 {
             let (prefix, body) = crate::envelope::split_wire(e).unwrap_or((&[], e));
             match runs.last_mut() {
-                Some((p, bodies)) if *p == prefix && !prefix.is_empty() => bodies.push(body),
+                Some((p, bodies)) if *p == prefix => bodies.push(body),
                 _ => runs.push((prefix, vec![body])),
             }
         }
@@ -681,32 +687,57 @@ struct RunOut<'a>(&'a [u8], &'a [&'a [u8]]);
 
 impl Serialize for RunOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(
-            std::iter::once(self.0)
-                .chain(self.1.iter().copied())
-                .map(bytes),
-        )
+        let (prefix, bodies) = (self.0, self.1);
+        if prefix.is_empty() {
+            return s.collect_seq(
+                std::iter::once(prefix)
+                    .chain(bodies.iter().copied())
+                    .map(bytes),
+            );
+        }
+        // split_wire leaves a body of at least the signature.
+        let (chunks, sigs): (Vec<&[u8]>, Vec<&[u8]>) = bodies
+            .iter()
+            .map(|b| b.split_at(b.len().saturating_sub(SIGNATURE)))
+            .unzip();
+        let packed = crate::pack::pack(chunks);
+        let sigs = sigs.concat();
+        (bytes(prefix), bytes(&packed), bytes(&sigs)).serialize(s)
     }
 }
 
+const SIGNATURE: usize = 64;
+
 fn envelopes_in<E: de::Error>(runs: Vec<Vec<serde_bytes::ByteBuf>>) -> Result<Vec<Vec<u8>>, E> {
     let mut out = Vec::new();
+    // What a page's runs may inflate to, all together: no more than a page may weigh on the
+    // wire before packing.
+    let mut budget = MAX_UNPACKED_BYTES;
     for run in runs {
         let mut run = run.into_iter();
         let prefix = run
             .next()
             .ok_or_else(|| E::custom("a run of envelopes without its prefix"))?;
         // How many changes a page may hold is the net actor's to judge (a page over
-        // MAX_PAGE_CHANGES bans its sender); the codec's byte limit bounds what is read here.
-        for body in run {
-            if prefix.is_empty() {
-                out.push(body.into_vec());
-            } else {
-                out.push(
-                    crate::envelope::join_wire(&prefix, &body)
-                        .ok_or_else(|| E::custom("an envelope shorter than its signature"))?,
-                );
-            }
+        // MAX_PAGE_CHANGES bans its sender); the codec's byte limit and the unpacking budget
+        // bound what is read here.
+        if prefix.is_empty() {
+            out.extend(run.map(serde_bytes::ByteBuf::into_vec));
+            continue;
+        }
+        let (Some(packed), Some(sigs), None) = (run.next(), run.next(), run.next()) else {
+            return Err(E::custom(
+                "a packed run is a prefix, the packed changes and their signatures",
+            ));
+        };
+        let changes = crate::pack::unpack(&packed, &sigs, budget).map_err(E::custom)?;
+        for (mut chunk, sig) in changes {
+            budget = budget.saturating_sub(chunk.len());
+            chunk.extend_from_slice(&sig);
+            out.push(
+                crate::envelope::join_wire(&prefix, &chunk)
+                    .ok_or_else(|| E::custom("an envelope shorter than its signature"))?,
+            );
         }
     }
     Ok(out)
@@ -857,8 +888,53 @@ mod tests {
             serde_json::to_value(r).expect("value")[1].clone()
         };
         assert_eq!(runs(&two).as_array().map(Vec::len), Some(1));
-        assert_eq!(runs(&one)[0].as_array().map(Vec::len), Some(2));
+        // A run is its prefix, its packed changes and their signatures, however many.
+        assert_eq!(runs(&one)[0].as_array().map(Vec::len), Some(3));
         assert_eq!(runs(&two)[0].as_array().map(Vec::len), Some(3));
+        assert_eq!(runs(&two)[0][2].as_array().map(Vec::len), Some(128));
+    }
+
+    #[test]
+    fn a_page_of_a_real_ledger_packs_to_a_fraction_and_rebuilds_byte_for_byte() {
+        use automerge::transaction::Transactable as _;
+        let mut d = automerge::AutoCommit::new();
+        let changes: Vec<Vec<u8>> = (0..200)
+            .map(|i| {
+                let rec = d
+                    .put_object(automerge::ROOT, format!("s{i}"), automerge::ObjType::Map)
+                    .expect("object");
+                for (k, v) in [
+                    ("name", format!("Startup {i}")),
+                    ("country", "KZ".into()),
+                    ("sector", "fintech".into()),
+                ] {
+                    d.put(&rec, k, v).expect("put");
+                }
+                d.commit();
+                let mut change = d.get_last_local_change().expect("change").clone();
+                crate::envelope::SignedChange {
+                    doc: "park/kz-astana-hub".parse().expect("doc"),
+                    change: change.bytes().to_vec(),
+                    sig: [i as u8; 64],
+                }
+                .encode()
+            })
+            .collect();
+        let page = Response::Changes {
+            changes: changes.clone(),
+            more: false,
+            peers: Vec::new(),
+        };
+        let mut wire = Vec::new();
+        cbor4ii::serde::to_writer(&mut wire, &page).expect("encodes");
+        let back: Response = cbor4ii::serde::from_slice(&wire).expect("decodes");
+        assert_eq!(back, page);
+        let whole: usize = changes.iter().map(Vec::len).sum();
+        assert!(
+            wire.len() * 2 < whole,
+            "{} B on the wire for {whole} B of envelopes",
+            wire.len()
+        );
     }
 
     #[test]
@@ -876,6 +952,28 @@ mod tests {
             ]))
             .is_err()
         );
+        // A packed run without its signatures, or with something after them.
+        assert!(decode(serde_json::json!([1, [[[1, 1, 120], [0]]], false, []])).is_err());
+        assert!(
+            decode(serde_json::json!([
+                1,
+                [[[1, 1, 120], [], [], []]],
+                false,
+                []
+            ]))
+            .is_err()
+        );
+        // Packed changes that would inflate past what a page may weigh.
+        let bomb = {
+            use std::io::Write as _;
+            let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+            e.write_all(&vec![0u8; MAX_UNPACKED_BYTES + 1])
+                .expect("write");
+            e.finish().expect("finish")
+        };
+        let err = decode(serde_json::json!([1, [[[1, 1, 120], bomb, []]], false, []]))
+            .expect_err("refused");
+        assert!(err.to_string().contains("inflate to more than"), "{err}");
         // An empty prefix carries whole envelopes, whatever they hold.
         let page = decode(serde_json::json!([1, [[[], [9, 9]]], false, []])).expect("decodes");
         assert_eq!(

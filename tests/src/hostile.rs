@@ -1,5 +1,5 @@
 //! A hostile member on the wire: a registered device's key running a bare libp2p node that
-//! answers every `/kervan/sync/2` pull with the envelopes it was given — forged, unauthorised
+//! answers every `/kervan/sync/3` pull with the envelopes it was given — forged, unauthorised
 //! or equivocating — instead of what it holds — and a flood of invalid gossip.
 
 use std::time::Duration;
@@ -11,11 +11,36 @@ use libp2p::gossipsub;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identity};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-#[derive(NetworkBehaviour)]
-struct Behaviour {
-    sync: request_response::cbor::Behaviour<Request, Response>,
+/// A page of changes in the wire form of `Response::Changes` with one packed run of whatever
+/// bytes the test gives (`[1, [[prefix, packed, sigs]], false, []]`): a deflate bomb, bytes
+/// that do not inflate, signatures that do not match.
+#[derive(Debug, Clone)]
+pub struct PackedPage {
+    pub prefix: Vec<u8>,
+    pub packed: Vec<u8>,
+    pub sigs: Vec<u8>,
+}
+
+impl Serialize for PackedPage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let run = (
+            serde_bytes::Bytes::new(&self.prefix),
+            serde_bytes::Bytes::new(&self.packed),
+            serde_bytes::Bytes::new(&self.sigs),
+        );
+        (1u8, [run], false, Vec::<()>::new()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PackedPage {
+    /// Only ever sent: a hostile peer sends no requests, so it reads no answers.
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("a packed page is only written"))
+    }
 }
 
 /// A running hostile peer; it stops when dropped.
@@ -41,6 +66,15 @@ impl HostilePeer {
     /// Dials `targets` with `secret` and gives `answer` to every pull it receives, whatever
     /// its size.
     pub async fn answering(secret: [u8; 32], targets: Vec<Multiaddr>, answer: Response) -> Self {
+        Self::answering_raw(secret, targets, answer).await
+    }
+
+    /// Dials `targets` with `secret` and gives every pull `answer` as its CBOR, whatever the
+    /// protocol makes of it: for answers no honest encoder writes.
+    pub async fn answering_raw<R>(secret: [u8; 32], targets: Vec<Multiaddr>, answer: R) -> Self
+    where
+        R: Serialize + DeserializeOwned + Clone + Send + std::fmt::Debug + 'static,
+    {
         let keypair = identity::Keypair::ed25519_from_bytes(secret).expect("an ed25519 secret");
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
@@ -50,11 +84,11 @@ impl HostilePeer {
                 libp2p::yamux::Config::default,
             )
             .expect("tcp")
-            .with_behaviour(|_| Behaviour {
-                sync: request_response::cbor::Behaviour::new(
+            .with_behaviour(|_| {
+                request_response::cbor::Behaviour::<Request, R>::new(
                     [(StreamProtocol::new(sync::PROTOCOL), ProtocolSupport::Full)],
                     request_response::Config::default(),
-                ),
+                )
             })
             .expect("behaviour")
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -69,16 +103,13 @@ impl HostilePeer {
             loop {
                 tokio::select! {
                     ev = swarm.select_next_some() => {
-                        if let SwarmEvent::Behaviour(BehaviourEvent::Sync(
-                            request_response::Event::Message {
-                                message: request_response::Message::Request { channel, .. },
-                                ..
-                            },
-                        )) = ev
+                        if let SwarmEvent::Behaviour(request_response::Event::Message {
+                            message: request_response::Message::Request { channel, .. },
+                            ..
+                        }) = ev
+                            && swarm.behaviour_mut().send_response(channel, answer.clone()).is_ok()
                         {
-                            if swarm.behaviour_mut().sync.send_response(channel, answer.clone()).is_ok() {
-                                served += 1;
-                            }
+                            served += 1;
                         }
                     }
                     _ = stopped.changed() => return served,

@@ -7,7 +7,7 @@ use kervan_node::data_dir::DataDir;
 use kervan_node::node::{self, Overrides};
 use kervan_node::sample::Sample;
 use kervan_protocol::{DocId, RecordId, SignedChange};
-use kervan_tests::hostile::HostilePeer;
+use kervan_tests::hostile::{HostilePeer, PackedPage};
 use kervan_tests::testnet::{TestNet, wait_until};
 use kervan_tests::{Forger, Park};
 
@@ -637,9 +637,45 @@ async fn a_member_sending_too_many_changes_in_a_page_is_cut_off() {
     a_member_answering_so_is_cut_off(answer).await;
 }
 
+/// A page small on the wire whose packed changes inflate far past what an answer may hold (a
+/// deflate bomb), and one whose packed bytes are no deflate stream at all: each is refused
+/// whole at the limit, counted as an offence, and gets its sender banned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_sending_packed_pages_that_do_not_unpack_is_cut_off() {
+    use std::io::Write as _;
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    // 64 MiB of zeros, 32 times what one answer may inflate to, in about 64 KB.
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        e.write_all(&zeros).expect("deflate");
+    }
+    let bomb = e.finish().expect("deflate");
+    assert!(bomb.len() < kervan_protocol::sync::MAX_RESPONSE_BYTES);
+    let prefix = vec![1, 18]
+        .into_iter()
+        .chain(*b"park/kz-astana-hub")
+        .collect::<Vec<u8>>();
+    for packed in [bomb, b"no deflate stream".to_vec()] {
+        let answer = PackedPage {
+            prefix: prefix.clone(),
+            packed,
+            sigs: vec![7; 64],
+        };
+        a_member_answering_raw_is_cut_off(answer).await;
+    }
+}
+
 /// A member answers every pull with `answer`: both honest parks ban it without reading any of
 /// it, and go on converging.
 async fn a_member_answering_so_is_cut_off(answer: kervan_protocol::sync::Response) {
+    a_member_answering_raw_is_cut_off(answer).await;
+}
+
+/// [`a_member_answering_so_is_cut_off`] for any answer written as CBOR.
+async fn a_member_answering_raw_is_cut_off<R>(answer: R)
+where
+    R: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + std::fmt::Debug + 'static,
+{
     let mut net = TestNet::new(3);
     net.start_node(0).await;
     net.start_node(1).await;
@@ -651,7 +687,8 @@ async fn a_member_answering_so_is_cut_off(answer: kervan_protocol::sync::Respons
         .flatten()
         .flat_map(|n| n.p2p_addrs.clone())
         .collect();
-    let hostile = HostilePeer::answering(net.fed.parks[2].key().to_bytes(), targets, answer).await;
+    let hostile =
+        HostilePeer::answering_raw(net.fed.parks[2].key().to_bytes(), targets, answer).await;
     let id = hostile.peer_id.to_string();
     for i in 0..2 {
         wait_until("the member to be banned", CONVERGE, || async {

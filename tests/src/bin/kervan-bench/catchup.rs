@@ -321,6 +321,36 @@ pub(crate) fn fresh(
         )
         .against("automerge sync messages", am_bytes),
     );
+    // What the codec costs the two sides: packing every page (the responder) and unpacking it
+    // (the requester), part of the time above.
+    let (mut write, mut read) = (0.0, 0.0);
+    for page in &sent {
+        let (w, r) = wire::response_codec_secs(Response::Changes {
+            changes: page.clone(),
+            more: true,
+            peers: Vec::new(),
+        })?;
+        write += w;
+        read += r;
+    }
+    report.push(
+        Figure::new(
+            S,
+            format!("{label}: codec time, every page written (packed)"),
+            write,
+            "s",
+        )
+        .against("automerge sync in memory", am_time),
+    );
+    report.push(
+        Figure::new(
+            S,
+            format!("{label}: codec time, every page read (unpacked)"),
+            read,
+            "s",
+        )
+        .against("automerge sync in memory", am_time),
+    );
     report.push(
         Figure::new(
             S,

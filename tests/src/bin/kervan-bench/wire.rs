@@ -44,6 +44,25 @@ pub(crate) fn response_bytes(resp: Response) -> usize {
     out.len()
 }
 
+/// Seconds the node's cbor codec takes to write a response and to read it back.
+pub(crate) fn response_codec_secs(resp: Response) -> anyhow::Result<(f64, f64)> {
+    let mut out: Vec<u8> = Vec::new();
+    let mut codec = SyncCodec::default();
+    let started = std::time::Instant::now();
+    codec
+        .write_response(&protocol(), &mut out, resp)
+        .now_or_never()
+        .expect("writing to memory does not wait")?;
+    let write = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    let mut reader = libp2p::futures::io::Cursor::new(out);
+    codec
+        .read_response(&protocol(), &mut reader)
+        .now_or_never()
+        .expect("reading from memory does not wait")?;
+    Ok((write, started.elapsed().as_secs_f64()))
+}
+
 /// A TCP proxy on loopback to one target, counting bytes both ways.
 pub(crate) struct Proxy {
     pub(crate) addr: SocketAddr,
