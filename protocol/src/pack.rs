@@ -99,7 +99,7 @@ pub fn pack<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
 }
 
 /// The change chunks `packed` holds, with `sigs` split into one signature each; inflating at
-/// most `budget` bytes.
+/// most `budget` bytes and rebuilding at most `budget` bytes of chunks.
 pub fn unpack(packed: &[u8], sigs: &[u8], budget: usize) -> Result<Vec<Unpacked>, UnpackError> {
     let mut raw = Vec::new();
     DeflateDecoder::new(packed)
@@ -112,6 +112,7 @@ pub fn unpack(packed: &[u8], sigs: &[u8], budget: usize) -> Result<Vec<Unpacked>
     let mut r = Cursor(&raw);
     let mut hashes: Vec<[u8; HASH]> = Vec::new();
     let mut chunks = Vec::new();
+    let mut built = 0usize;
     while !r.0.is_empty() {
         let chunk = match r.uleb()? {
             0 => {
@@ -149,6 +150,11 @@ pub fn unpack(packed: &[u8], sigs: &[u8], budget: usize) -> Result<Vec<Unpacked>
             }
             form => return Err(UnpackError::Form(form)),
         };
+        // A back-reference of one byte rebuilds 32: what comes out is bounded too.
+        built += chunk.len();
+        if built > budget {
+            return Err(UnpackError::TooLarge(budget));
+        }
         hashes.push(Sha256::digest(&chunk).into());
         chunks.push(chunk);
     }
@@ -344,6 +350,23 @@ mod tests {
         assert_eq!(
             unpack(&deflate(&[0, 10, 1]), &sigs(1), 1 << 20).err(),
             Some(UnpackError::Truncated)
+        );
+        // A kilobyte of back-references that would rebuild 32 times as many bytes.
+        let mut refs = vec![0, 1, 7];
+        let k = 1000u64;
+        refs.push(1);
+        uleb(&mut refs, uleb_len(k) as u64 + 32 * k);
+        uleb(&mut refs, k);
+        refs.extend(std::iter::repeat_n(1, k as usize));
+        refs.push(0);
+        let refs = deflate(&refs);
+        assert_eq!(
+            unpack(&refs, &sigs(2), 1 << 20).map(|c| c[1].0.len()).ok(),
+            Some(32_006)
+        );
+        assert_eq!(
+            unpack(&refs, &sigs(2), 10_000).err(),
+            Some(UnpackError::TooLarge(10_000))
         );
         // Megabytes of zeros in a few kilobytes stop at the budget.
         let bomb = deflate(&vec![0u8; 4 << 20]);
