@@ -242,7 +242,8 @@ const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 /// receiver can rebuild — the change's length, and the change chunk's magic bytes and checksum
 /// (the first four bytes of the SHA-256 of what follows them, the change's hash). `None` if the
 /// bytes are not laid out as an envelope of a well-formed chunk: such an envelope travels whole.
-pub fn split_wire(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+/// The third part is the change's hash, computed on the way.
+pub fn split_wire(bytes: &[u8]) -> Option<(&[u8], &[u8], [u8; 32])> {
     let doc_len = usize::from(*bytes.get(1)?);
     let prefix = bytes.get(..2 + doc_len)?;
     let len = bytes.get(2 + doc_len..6 + doc_len)?;
@@ -253,15 +254,22 @@ pub fn split_wire(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     }
     let (head, rest) = body.split_at(8);
     let chunk = &rest[..change_len - 8];
-    let sum = Sha256::digest(chunk);
-    (head[..4] == CHUNK_MAGIC && head[4..] == sum[..4]).then_some((prefix, rest))
+    let sum: [u8; 32] = Sha256::digest(chunk).into();
+    (head[..4] == CHUNK_MAGIC && head[4..] == sum[..4]).then_some((prefix, rest, sum))
 }
 
 /// The envelope [`split_wire`] split: `None` if the body is shorter than a signature.
 pub fn join_wire(prefix: &[u8], body: &[u8]) -> Option<Vec<u8>> {
     let chunk = body.get(..body.len().checked_sub(64)?)?;
+    join_wire_hashed(prefix, body, &Sha256::digest(chunk).into())
+}
+
+/// [`join_wire`] for a caller that already knows the change's hash (`hash` must be the SHA-256
+/// of the body without its signature: it gives the checksum).
+pub fn join_wire_hashed(prefix: &[u8], body: &[u8], hash: &[u8; 32]) -> Option<Vec<u8>> {
+    let chunk = body.get(..body.len().checked_sub(64)?)?;
     let change_len = u32::try_from(chunk.len().checked_add(8)?).ok()?;
-    let sum = Sha256::digest(chunk);
+    let sum = hash;
     let mut out = Vec::with_capacity(prefix.len() + 12 + body.len());
     out.extend_from_slice(prefix);
     out.extend_from_slice(&change_len.to_be_bytes());
@@ -394,7 +402,8 @@ mod tests {
             sig: [5; 64],
         }
         .encode();
-        let (prefix, body) = split_wire(&env).expect("splits");
+        let (prefix, body, hash) = split_wire(&env).expect("splits");
+        assert_eq!(join_wire_hashed(prefix, body, &hash).expect("joins"), env);
         assert_eq!(prefix.len(), 2 + "park/kz-astana-hub".len());
         // The change's length, the chunk's magic bytes and its checksum: 12 bytes.
         assert_eq!(prefix.len() + body.len() + 12, env.len());

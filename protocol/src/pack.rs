@@ -57,16 +57,18 @@ pub enum UnpackError {
     Length,
 }
 
-/// A change chunk as [`pack`] was given it, and its signature.
-pub type Unpacked = (Vec<u8>, [u8; SIG]);
+/// A change chunk as [`pack`] was given it, its signature, and its hash (the SHA-256 of the
+/// chunk, which unpacking computes anyway to resolve back-references).
+pub type Unpacked = (Vec<u8>, [u8; SIG], [u8; HASH]);
 
 /// The change chunks of a run (each without its magic bytes and checksum, as
 /// [`crate::envelope::split_wire`] leaves it, and without its signature) packed into one
-/// deflated stream.
-pub fn pack<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+/// deflated stream. Each chunk comes with its hash, its SHA-256 (which
+/// [`crate::envelope::split_wire`] computes anyway).
+pub fn pack<'a>(chunks: impl IntoIterator<Item = (&'a [u8], [u8; HASH])>) -> Vec<u8> {
     let mut raw = Vec::new();
     let mut seen: HashMap<[u8; HASH], usize> = HashMap::new();
-    for (i, chunk) in chunks.into_iter().enumerate() {
+    for (i, (chunk, hash)) in chunks.into_iter().enumerate() {
         match split_deps(chunk) {
             Some((deps, rest)) => {
                 raw.push(1);
@@ -90,7 +92,7 @@ pub fn pack<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
                 raw.extend_from_slice(chunk);
             }
         }
-        seen.insert(Sha256::digest(chunk).into(), i);
+        seen.insert(hash, i);
     }
     let mut out = DeflateEncoder::new(Vec::new(), Compression::new(LEVEL));
     // Writing into a Vec cannot fail.
@@ -166,11 +168,12 @@ pub fn unpack(packed: &[u8], sigs: &[u8], budget: usize) -> Result<Vec<Unpacked>
     }
     Ok(chunks
         .into_iter()
+        .zip(hashes)
         .zip(sigs.chunks_exact(SIG))
-        .map(|(c, s)| {
+        .map(|((c, h), s)| {
             let mut sig = [0; SIG];
             sig.copy_from_slice(s);
-            (c, sig)
+            (c, sig, h)
         })
         .collect())
 }
@@ -279,6 +282,12 @@ mod tests {
             .collect()
     }
 
+    fn hashed(chunks: &[Vec<u8>]) -> impl Iterator<Item = (&[u8], [u8; HASH])> {
+        chunks
+            .iter()
+            .map(|c| (c.as_slice(), Sha256::digest(c).into()))
+    }
+
     fn sigs(n: usize) -> Vec<u8> {
         (0..n * SIG).map(|i| (i * 7) as u8).collect()
     }
@@ -295,23 +304,26 @@ mod tests {
         long[2] = 0;
         odd.insert(11, long);
         for run in [&chunks, &odd] {
-            let packed = pack(run.iter().map(Vec::as_slice));
+            let packed = pack(hashed(run));
             let back = unpack(&packed, &sigs(run.len()), 1 << 20).expect("unpacks");
             assert_eq!(
-                back.iter().map(|(c, _)| c).collect::<Vec<_>>(),
+                back.iter().map(|(c, _, _)| c).collect::<Vec<_>>(),
                 run.iter().collect::<Vec<_>>()
             );
+            for (c, _, h) in &back {
+                assert_eq!(h[..], Sha256::digest(c)[..]);
+            }
             assert_eq!(back[1].1[..], sigs(run.len())[SIG..2 * SIG]);
         }
         let whole: usize = chunks.iter().map(Vec::len).sum();
-        let packed = pack(chunks.iter().map(Vec::as_slice)).len();
+        let packed = pack(hashed(&chunks)).len();
         assert!(packed * 3 < whole, "{packed} B packed from {whole} B");
     }
 
     #[test]
     fn bad_packed_runs_are_refused() {
         let chunks = chain(5);
-        let packed = pack(chunks.iter().map(Vec::as_slice));
+        let packed = pack(hashed(&chunks));
         assert_eq!(
             unpack(&packed, &sigs(4), 1 << 20).err(),
             Some(UnpackError::Signatures {

@@ -671,19 +671,23 @@ struct EnvelopesOut<'a>(&'a [Vec<u8>]);
 
 impl Serialize for EnvelopesOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut runs: Vec<(&[u8], Vec<&[u8]>)> = Vec::new();
+        let mut runs: Vec<(&[u8], Vec<Body<'_>>)> = Vec::new();
         for e in self.0 {
-            let (prefix, body) = crate::envelope::split_wire(e).unwrap_or((&[], e));
+            let (prefix, body, hash) = crate::envelope::split_wire(e).unwrap_or((&[], e, [0; 32]));
             match runs.last_mut() {
-                Some((p, bodies)) if *p == prefix => bodies.push(body),
-                _ => runs.push((prefix, vec![body])),
+                Some((p, bodies)) if *p == prefix => bodies.push((body, hash)),
+                _ => runs.push((prefix, vec![(body, hash)])),
             }
         }
         s.collect_seq(runs.iter().map(|(prefix, bodies)| RunOut(prefix, bodies)))
     }
 }
 
-struct RunOut<'a>(&'a [u8], &'a [&'a [u8]]);
+/// A body as `split_wire` leaves it, with its change's hash (unused when the prefix is empty).
+type Body<'a> = (&'a [u8], [u8; 32]);
+
+/// A run: its prefix and its bodies.
+struct RunOut<'a>(&'a [u8], &'a [Body<'a>]);
 
 impl Serialize for RunOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -691,14 +695,17 @@ impl Serialize for RunOut<'_> {
         if prefix.is_empty() {
             return s.collect_seq(
                 std::iter::once(prefix)
-                    .chain(bodies.iter().copied())
+                    .chain(bodies.iter().map(|(b, _)| *b))
                     .map(bytes),
             );
         }
         // split_wire leaves a body of at least the signature.
-        let (chunks, sigs): (Vec<&[u8]>, Vec<&[u8]>) = bodies
+        let (chunks, sigs): (Vec<Body<'_>>, Vec<&[u8]>) = bodies
             .iter()
-            .map(|b| b.split_at(b.len().saturating_sub(SIGNATURE)))
+            .map(|(b, hash)| {
+                let (chunk, sig) = b.split_at(b.len().saturating_sub(SIGNATURE));
+                ((chunk, *hash), sig)
+            })
             .unzip();
         let packed = crate::pack::pack(chunks);
         let sigs = sigs.concat();
@@ -731,11 +738,11 @@ fn envelopes_in<E: de::Error>(runs: Vec<Vec<serde_bytes::ByteBuf>>) -> Result<Ve
             ));
         };
         let changes = crate::pack::unpack(&packed, &sigs, budget).map_err(E::custom)?;
-        for (mut chunk, sig) in changes {
+        for (mut chunk, sig, hash) in changes {
             budget = budget.saturating_sub(chunk.len());
             chunk.extend_from_slice(&sig);
             out.push(
-                crate::envelope::join_wire(&prefix, &chunk)
+                crate::envelope::join_wire_hashed(&prefix, &chunk, &hash)
                     .ok_or_else(|| E::custom("an envelope shorter than its signature"))?,
             );
         }
