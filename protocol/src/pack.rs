@@ -123,10 +123,18 @@ pub fn unpack(packed: &[u8], sigs: &[u8], budget: usize) -> Result<Vec<Unpacked>
             }
             1 => {
                 let body_len = r.len()?;
+                // A back-reference of one byte rebuilds 32: what comes out is bounded too,
+                // before it is built.
+                if body_len > budget - built {
+                    return Err(UnpackError::TooLarge(budget));
+                }
                 let ndeps = r.len()?;
-                let mut body = Vec::with_capacity(body_len.min(raw.len()));
+                let mut body = Vec::with_capacity(body_len);
                 uleb(&mut body, ndeps as u64);
                 for _ in 0..ndeps {
+                    if body.len() > body_len {
+                        return Err(UnpackError::Length);
+                    }
                     match r.uleb()? {
                         0 => body.extend_from_slice(r.take(HASH)?),
                         k => {
@@ -152,7 +160,6 @@ pub fn unpack(packed: &[u8], sigs: &[u8], budget: usize) -> Result<Vec<Unpacked>
             }
             form => return Err(UnpackError::Form(form)),
         };
-        // A back-reference of one byte rebuilds 32: what comes out is bounded too.
         built += chunk.len();
         if built > budget {
             return Err(UnpackError::TooLarge(budget));
