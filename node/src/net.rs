@@ -107,6 +107,18 @@ fn malformed(e: std::io::Error) -> std::io::Error {
     }
 }
 
+/// What a peer sent, read as the cbor codec reads it: up to `max` bytes, the rest cut off (and
+/// then refused by decoding). An error here is the stream's; one from decoding is the peer's.
+async fn read_stream<T>(io: &mut T, max: usize) -> std::io::Result<Vec<u8>>
+where
+    T: libp2p::futures::AsyncRead + Unpin + Send,
+{
+    use libp2p::futures::AsyncReadExt as _;
+    let mut bytes = Vec::new();
+    io.take(max as u64).read_to_end(&mut bytes).await?;
+    Ok(bytes)
+}
+
 impl request_response::Codec for SyncCodec {
     type Protocol = StreamProtocol;
     type Request = Request;
@@ -116,13 +128,7 @@ impl request_response::Codec for SyncCodec {
     where
         T: libp2p::futures::AsyncRead + Unpin + Send,
     {
-        use libp2p::futures::AsyncReadExt as _;
-        // Read first, as the cbor codec does (up to the limit, truncating past it): an error
-        // here is the stream's, one from decoding what was read is the peer's.
-        let mut bytes = Vec::new();
-        io.take(sync::MAX_REQUEST_BYTES as u64)
-            .read_to_end(&mut bytes)
-            .await?;
+        let bytes = read_stream(io, sync::MAX_REQUEST_BYTES).await?;
         self.0
             .read_request(p, &mut bytes.as_slice())
             .await
@@ -137,11 +143,7 @@ impl request_response::Codec for SyncCodec {
     where
         T: libp2p::futures::AsyncRead + Unpin + Send,
     {
-        use libp2p::futures::AsyncReadExt as _;
-        let mut bytes = Vec::new();
-        io.take(sync::MAX_RESPONSE_BYTES as u64)
-            .read_to_end(&mut bytes)
-            .await?;
+        let bytes = read_stream(io, sync::MAX_RESPONSE_BYTES).await?;
         self.0
             .read_response(p, &mut bytes.as_slice())
             .await

@@ -70,9 +70,9 @@ pub fn pack<'a>(chunks: impl IntoIterator<Item = (&'a [u8], [u8; HASH])>) -> Vec
     let mut seen: HashMap<[u8; HASH], usize> = HashMap::new();
     for (i, (chunk, hash)) in chunks.into_iter().enumerate() {
         match split_deps(chunk) {
-            Some((deps, rest)) => {
+            Some((body_len, deps, rest)) => {
                 raw.push(1);
-                uleb(&mut raw, body_len(chunk));
+                uleb(&mut raw, body_len);
                 uleb(&mut raw, (deps.len() / HASH) as u64);
                 for dep in deps.chunks_exact(HASH) {
                     match <[u8; HASH]>::try_from(dep).ok().and_then(|d| seen.get(&d)) {
@@ -186,8 +186,8 @@ pub fn unpack(packed: &[u8], sigs: &[u8], budget: usize) -> Result<Vec<Unpacked>
 }
 
 /// A chunk `type:u8 body_len:uleb ndeps:uleb * hash:32 rest` of type 1, every length in its
-/// shortest form and the body exactly `body_len` long: its deps and its rest.
-fn split_deps(chunk: &[u8]) -> Option<(&[u8], &[u8])> {
+/// shortest form and the body exactly `body_len` long: its body length, deps and rest.
+fn split_deps(chunk: &[u8]) -> Option<(u64, &[u8], &[u8])> {
     if chunk.first() != Some(&1) {
         return None;
     }
@@ -198,12 +198,7 @@ fn split_deps(chunk: &[u8]) -> Option<(&[u8], &[u8])> {
     }
     let ndeps = usize::try_from(r.shortest()?).ok()?;
     let deps = r.take(ndeps.checked_mul(HASH)?).ok()?;
-    Some((deps, r.0))
-}
-
-/// The body length a chunk that [`split_deps`] accepted declares.
-fn body_len(chunk: &[u8]) -> u64 {
-    Cursor(&chunk[1..]).uleb().unwrap_or(0)
+    Some((body_len, deps, r.0))
 }
 
 fn uleb(out: &mut Vec<u8>, mut v: u64) {
@@ -218,10 +213,9 @@ fn uleb(out: &mut Vec<u8>, mut v: u64) {
     }
 }
 
+/// Bytes of `v` as a uleb: one per started 7 bits, one for zero.
 fn uleb_len(v: u64) -> usize {
-    let mut out = Vec::new();
-    uleb(&mut out, v);
-    out.len()
+    (64 - v.leading_zeros() as usize).div_ceil(7).max(1)
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -325,6 +319,24 @@ mod tests {
         let whole: usize = chunks.iter().map(Vec::len).sum();
         let packed = pack(hashed(&chunks)).len();
         assert!(packed * 3 < whole, "{packed} B packed from {whole} B");
+    }
+
+    #[test]
+    fn uleb_lengths_are_those_written() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            uleb(&mut out, v);
+            assert_eq!(uleb_len(v), out.len(), "{v}");
+        }
     }
 
     #[test]
