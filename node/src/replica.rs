@@ -487,6 +487,9 @@ struct Work {
     envelope: Vec<u8>,
     source: String,
     report: Option<usize>,
+    /// The verdict, when the change was judged just before against this same state: this
+    /// node's own change, judged before anything of it was stored.
+    checked: Option<Box<Checked>>,
 }
 
 /// The replica. One owner: the node's replica actor (or a CLI command) holds it.
@@ -986,10 +989,23 @@ impl<S: Store> Replica<S> {
                 }
             }
         }
+        self.run(work, &mut reports, flush)?;
+        Ok(reports)
+    }
+
+    /// Steps 3 to 10 for admitted changes, in order, and what follows from the verdicts:
+    /// stores, applies in one call per document, re-indexes, flushes if `flush`, snapshots or
+    /// rebuilds. Each item's outcome goes to its report.
+    fn run(
+        &mut self,
+        mut work: VecDeque<Work>,
+        reports: &mut [Report],
+        flush: bool,
+    ) -> Result<(), ReplicaError> {
         let mut to_apply: BTreeMap<DocId, Vec<automerge::Change>> = BTreeMap::new();
         let mut touched: BTreeMap<DocId, BTreeSet<Touched>> = BTreeMap::new();
         let mut needs_rebuild = false;
-        while let Some(w) = work.pop_front() {
+        while let Some(mut w) = work.pop_front() {
             let hash = w.verified.hash;
             if w.again {
                 let outcome = match self.seen(&w.doc, &hash)? {
@@ -1008,7 +1024,10 @@ impl<S: Store> Replica<S> {
                     continue;
                 }
             }
-            let verdict = rules::check_verified(&w.doc, w.verified.clone(), &self.view());
+            let verdict = match w.checked.take() {
+                Some(checked) => Verdict::Accept(checked),
+                None => rules::check_verified(&w.doc, w.verified.clone(), &self.view()),
+            };
             let outcome = match verdict {
                 Verdict::Accept(checked) => {
                     self.store.put_change(&w.doc, &hash, &w.envelope)?;
@@ -1075,7 +1094,7 @@ impl<S: Store> Replica<S> {
         } else if !self.restoring {
             self.maybe_snapshot()?;
         }
-        Ok(reports)
+        Ok(())
     }
 
     fn record_apply(&mut self, secs: f64) {
@@ -1155,6 +1174,7 @@ impl<S: Store> Replica<S> {
             source: source.to_owned(),
             report: Some(idx),
             again,
+            checked: None,
         });
         Ok((
             Some(hash),
@@ -1283,6 +1303,7 @@ impl<S: Store> Replica<S> {
                 source: w.source,
                 report: None,
                 again: false,
+                checked: None,
             });
         }
     }
@@ -1705,25 +1726,48 @@ impl<S: Store> Replica<S> {
             .expect("a change was just committed");
         let signed = SignedChange::sign(&self.federation, doc.clone(), &mut change, &identity.key);
         // Judge it first, storing nothing: a refused change must leave no slot, no pending
-        // entry and no trace, so the next write may take the same seq.
-        let why = match rules::check(&signed, &self.view()) {
-            Verdict::Accept(_) => None,
-            Verdict::Pending(p) => Some(p.to_string()),
-            Verdict::Reject(r) => Some(r.to_string()),
-        };
-        let why = match why {
-            None => {
+        // entry and no trace, so the next write may take the same seq. It is judged once: the
+        // bytes are Automerge's own encoding of the change, and nothing runs on this thread
+        // between the verdict and storing it, so the verdict stands for the work queue.
+        let verified = rules::verify_signed(&signed, change, &self.federation, self.opts.limits);
+        let verdict = verified.map(|v| (rules::check_verified(doc, v.clone(), &self.view()), v));
+        let why = match verdict {
+            Ok((Verdict::Accept(checked), verified)) => {
+                let hash = verified.hash;
                 let envelope = signed.encode();
-                let reports = self.ingest(vec![envelope.clone()], "local")?;
+                let slot = (doc.clone(), verified.actor, verified.change.seq());
+                if !self.slots.contains_key(&slot) {
+                    self.store.put_slot(&slot.0, &slot.1, slot.2, &hash)?;
+                    self.slots.insert(slot, hash);
+                }
+                let mut reports = vec![Report {
+                    hash: Some(hash),
+                    doc: Some(doc.clone()),
+                    outcome: Outcome::Pending {
+                        reason: "not checked yet".into(),
+                    },
+                }];
+                let work = VecDeque::from([Work {
+                    again: false,
+                    doc: doc.clone(),
+                    verified,
+                    envelope: envelope.clone(),
+                    source: "local".to_owned(),
+                    report: Some(0),
+                    checked: Some(checked),
+                }]);
+                self.run(work, &mut reports, true)?;
                 match reports.first().map(|r| &r.outcome) {
                     Some(Outcome::Accepted) => {
                         self.publish(envelope);
-                        return Ok(Some(Hash::from(change.hash())));
+                        return Ok(Some(hash));
                     }
                     other => format!("{other:?}"),
                 }
             }
-            Some(why) => why,
+            Ok((Verdict::Pending(p), _)) => p.to_string(),
+            Ok((Verdict::Reject(r), _)) => r.to_string(),
+            Err(r) => r.to_string(),
         };
         // The document already holds the refused change: rebuild it from the store, which
         // never received it.
