@@ -45,7 +45,7 @@ fn one(data: &[u8]) {
     let unsigned = SignedChange {
         doc: DocId::Federation,
         change: data.to_vec(),
-        sig: [0; 64],
+        proof: kervan_protocol::Proof::Signature([0; 64]),
     };
     assert!(
         rules::verify(&unsigned, &fx.context).is_err(),

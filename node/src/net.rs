@@ -1345,10 +1345,12 @@ mod tests {
             let e = read_request(&bytes).expect_err(what);
             assert!(offence(&e), "{what}: {e}");
         }
-        // Answers: an unknown kind, a kind without its fields, a run without its prefix, a
+        // Answers: an unknown kind, a kind without its fields, a run without its document, a
         // packed run that is no deflate stream, and one whose signatures do not match.
-        let prefix = [&[1u8, 6][..], b"park/a"].concat();
-        // `[1, [[prefix, packed, sigs]], false, []]`, written out byte by byte.
+        let prefix = b"park/kg-htp".to_vec();
+        // Two empty streams (head and lens), each an empty deflate stream.
+        let empty = [2, 0, 2, 0, 0, 2, 0, 0x03, 0x00, 0x03, 0x00];
+        // `[1, [[doc, packed, sigs]], false, []]`, written out byte by byte.
         let packed = |packed: &[u8], sigs: &[u8]| {
             let mut out = vec![0x84, 0x01, 0x81, 0x83];
             for b in [&prefix[..], packed, sigs] {
@@ -1368,14 +1370,21 @@ mod tests {
             vec![0x81, 0x01],
             vec![0x84, 0x01, 0x81, 0x80, 0xf4, 0x80],
             packed(b"no deflate", &[0; 64]),
-            packed(&[0x03, 0x00], &[0; 64]),
+            packed(
+                &[
+                    2, 0, 10, 0, 0, 2, 0, b'n', b'o', b' ', b'd', b'e', b'f', b'l', b'a', b't',
+                    b'e', 3, 0,
+                ],
+                &[],
+            ),
+            packed(&empty, &[0; 64]),
         ] {
             let e = read_response(&bytes).expect_err("malformed");
             assert!(offence(&e), "{bytes:?}: {e}");
         }
-        // The last one is an empty deflate stream: no change, yet a signature.
+        // The last one holds no change, yet a signature.
         assert!(
-            read_response(&packed(&[0x03, 0x00], &[])).is_ok_and(
+            read_response(&packed(&empty, &[])).is_ok_and(
                 |r| matches!(r, Response::Changes { changes, .. } if changes.is_empty())
             )
         );

@@ -15,6 +15,7 @@ use automerge::{AutoCommit, ObjId, ObjType, ROOT, ReadDoc};
 use ed25519_dalek::SigningKey;
 use kervan_protocol::records::{self, Field, FieldError, FieldErrors, Mode};
 use kervan_protocol::rules::{self, CausalInfo, ObjKey, ObjectInfo};
+use kervan_protocol::vouch::{Link, Own};
 use kervan_protocol::{
     Actor, Bundle, Checked, Context, DecodeError, DeviceKey, DocId, FederationId, Hash, Limits,
     ParkId, PendingReason, RecordId, Registration, RejectReason, SignedChange, Touched, Verdict,
@@ -276,10 +277,12 @@ struct Prepared {
 }
 
 /// A parsed change's signature: checked already, or left to be checked once the change is
-/// known to be new (a duplicate costs no signature check).
+/// known to be new (a duplicate costs no signature check); or, for a vouched change, whether
+/// its voucher in the same batch authenticates it.
 enum Signature {
     Checked(Result<Verified, RejectReason>),
     Unchecked(automerge::Change),
+    Vouched(automerge::Change, bool),
 }
 
 impl Prepared {
@@ -304,7 +307,9 @@ impl Prepared {
             .and_then(|envelope| match envelope.parse() {
                 Ok(parsed) => {
                     let hash = Hash::from(parsed.hash());
-                    let signature = if check {
+                    let signature = if envelope.vouched_by().is_some() {
+                        Signature::Vouched(parsed, false)
+                    } else if check {
                         Signature::Checked(rules::verify_signed(
                             &envelope, parsed, federation, limits,
                         ))
@@ -326,6 +331,68 @@ impl Prepared {
 /// The hash of an envelope's bytes.
 fn raw_key(bytes: &[u8]) -> Hash {
     Hash(Sha256::digest(bytes).into())
+}
+
+/// What vouching needs of a prepared envelope: nothing of one that did not parse, or whose
+/// signature failed.
+fn link_of(p: &Prepared) -> Option<Link<'_>> {
+    let (envelope, hash, signature) = p.parsed.as_ref().ok()?;
+    let (change, actor, own) = match signature {
+        Signature::Checked(Ok(v)) => (&v.change, v.actor, Own::Signed),
+        Signature::Vouched(c, _) => {
+            let actor = Actor::from_bytes(c.actor_id().to_bytes())?;
+            (c, actor, Own::Vouched(envelope.vouched_by()?))
+        }
+        Signature::Checked(Err(_)) | Signature::Unchecked(_) => return None,
+    };
+    Some(Link {
+        doc: &envelope.doc,
+        hash: *hash,
+        actor,
+        deps: change.deps().iter().map(|d| Hash::from(*d)).collect(),
+        own,
+    })
+}
+
+/// Prepares every envelope of a batch that holds vouched changes, and marks each vouched one
+/// its voucher authenticates. `extra` are envelopes that may vouch but are not admitted (the
+/// kept proofs, at a restore). Vouchers are rare (one per actor and document in a page), so
+/// every signature is checked here, on every core for a page.
+fn prepare_vouched(
+    envelopes: Vec<Vec<u8>>,
+    extra: Vec<Vec<u8>>,
+    federation: &FederationId,
+    limits: Limits,
+) -> Vec<(Vec<u8>, Prepared)> {
+    let prepare = |bytes: Vec<u8>| {
+        let p = Prepared::new(&bytes, federation, limits);
+        (bytes, p)
+    };
+    let prepare_all = |items: Vec<Vec<u8>>| {
+        if items.len() >= PREPARE_IN_PARALLEL {
+            parallel_map(items, prepare)
+        } else {
+            items.into_iter().map(prepare).collect::<Vec<_>>()
+        }
+    };
+    let mut batch = prepare_all(envelopes);
+    let extra = prepare_all(extra);
+    let (positions, links): (Vec<usize>, Vec<Link<'_>>) = batch
+        .iter()
+        .chain(&extra)
+        .enumerate()
+        .filter_map(|(i, (_, p))| link_of(p).map(|l| (i, l)))
+        .unzip();
+    let vouched = kervan_protocol::vouch::vouch(&links);
+    drop(links);
+    for (i, ok) in positions.into_iter().zip(vouched) {
+        if let Some((_, p)) = batch.get_mut(i)
+            && let Ok((_, _, Signature::Vouched(_, v))) = &mut p.parsed
+        {
+            *v = ok;
+        }
+    }
+    batch
 }
 
 /// Marks the query index's copy of a ledger's records: `KVR1 | tag:[u8; 32] | JSON`, the tag
@@ -490,6 +557,8 @@ struct Work {
     /// The verdict, when the change was judged just before against this same state: this
     /// node's own change, judged before anything of it was stored.
     checked: Option<Box<Checked>>,
+    /// The voucher that authenticated a vouched change, when it was admitted.
+    voucher: Option<Hash>,
 }
 
 /// The replica. One owner: the node's replica actor (or a CLI command) holds it.
@@ -959,7 +1028,25 @@ impl<S: Store> Replica<S> {
         let mut reports: Vec<Report> = Vec::with_capacity(envelopes.len());
         let mut work = VecDeque::new();
         let mut admitted = HashSet::new();
-        if envelopes.len() < PREPARE_IN_PARALLEL {
+        if envelopes
+            .iter()
+            .any(|e| kervan_protocol::envelope::is_vouched(e))
+        {
+            // A vouched change is authenticated by a voucher later in the batch: the whole
+            // batch is prepared before the first is admitted.
+            let extra = if self.restoring {
+                self.store.proofs()?
+            } else {
+                Vec::new()
+            };
+            let prepared = prepare_vouched(envelopes, extra, &self.federation, self.opts.limits);
+            for (bytes, p) in prepared {
+                let idx = reports.len();
+                let (hash, doc, outcome) =
+                    self.admit(bytes, Some(p), source, &mut work, &mut admitted, idx)?;
+                reports.push(Report { hash, doc, outcome });
+            }
+        } else if envelopes.len() < PREPARE_IN_PARALLEL {
             for bytes in envelopes {
                 let idx = reports.len();
                 let (hash, doc, outcome) =
@@ -1005,6 +1092,8 @@ impl<S: Store> Replica<S> {
         let mut to_apply: BTreeMap<DocId, Vec<automerge::Change>> = BTreeMap::new();
         let mut touched: BTreeMap<DocId, BTreeSet<Touched>> = BTreeMap::new();
         let mut needs_rebuild = false;
+        // The vouchers of the vouched changes kept in this batch.
+        let mut vouchers: BTreeSet<(DocId, Hash)> = BTreeSet::new();
         while let Some(mut w) = work.pop_front() {
             let hash = w.verified.hash;
             if w.again {
@@ -1028,6 +1117,11 @@ impl<S: Store> Replica<S> {
                 Some(checked) => Verdict::Accept(checked),
                 None => rules::check_verified(&w.doc, w.verified.clone(), &self.view()),
             };
+            if let Some(v) = w.voucher
+                && !matches!(verdict, Verdict::Reject(_))
+            {
+                vouchers.insert((w.doc.clone(), v));
+            }
             let outcome = match verdict {
                 Verdict::Accept(checked) => {
                     self.store.put_change(&w.doc, &hash, &w.envelope)?;
@@ -1068,6 +1162,11 @@ impl<S: Store> Replica<S> {
                 reports[i].outcome = outcome;
             }
         }
+        if !self.restoring {
+            for (doc, voucher) in vouchers {
+                self.keep_proof(&doc, voucher)?;
+            }
+        }
         let started = Instant::now();
         for (doc, changes) in to_apply {
             let state = self
@@ -1095,6 +1194,75 @@ impl<S: Store> Replica<S> {
             self.maybe_snapshot()?;
         }
         Ok(())
+    }
+
+    /// Keeps what a kept vouched change needs to be authenticated again: its voucher and the
+    /// changes between them, where they are not kept as accepted or excluded changes (a voucher
+    /// that waits, or that the rules refused, after its signature verified). Accepted and
+    /// excluded changes are kept for good, and so is everything in their causal past.
+    fn keep_proof(&mut self, doc: &DocId, voucher: Hash) -> Result<(), ReplicaError> {
+        if self.kept(doc, &voucher) {
+            return Ok(());
+        }
+        for (hash, envelope) in self.chain_from(doc, voucher)? {
+            tracing::debug!(%doc, %hash, "kept as proof of a vouched change");
+            self.store.put_proof(doc, &hash, &envelope)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a change is kept for good: accepted, or excluded and kept as proof.
+    fn kept(&self, doc: &DocId, hash: &Hash) -> bool {
+        self.docs
+            .get(doc)
+            .is_some_and(|d| d.accepted.contains_key(hash))
+            || self.excluded.contains(&(doc.clone(), *hash))
+    }
+
+    /// The stored changes from `from` back through its dependencies that are not accepted,
+    /// ancestors first: with `from` a voucher, what must travel or be kept with the vouched
+    /// changes it authenticates (the accepted ones below them are held by whoever holds the
+    /// vouched change's dependencies).
+    fn chain_from(&self, doc: &DocId, from: Hash) -> Result<Vec<(Hash, Vec<u8>)>, ReplicaError> {
+        let accepted = |h: &Hash| {
+            self.docs
+                .get(doc)
+                .is_some_and(|d| d.accepted.contains_key(h))
+        };
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        // Depth first, each change after its dependencies.
+        let mut stack: Vec<(Hash, Option<Vec<u8>>)> = vec![(from, None)];
+        while let Some((h, done)) = stack.pop() {
+            if let Some(envelope) = done {
+                out.push((h, envelope));
+                continue;
+            }
+            if accepted(&h) || !seen.insert(h) {
+                continue;
+            }
+            let found = match self.store.change(doc, &h)? {
+                Some(e) => Some(e),
+                None => match self.store.proof(doc, &h)? {
+                    Some(e) => Some(e),
+                    None => self
+                        .store
+                        .rejected_record(doc, &h)?
+                        .filter(|r| r.verified && !r.envelope.is_empty())
+                        .map(|r| r.envelope),
+                },
+            };
+            let Some(envelope) = found else { continue };
+            let Some(change) = SignedChange::decode(&envelope, usize::MAX)
+                .ok()
+                .and_then(|e| e.parse().ok())
+            else {
+                continue;
+            };
+            stack.push((h, Some(envelope)));
+            stack.extend(change.deps().iter().map(|d| (Hash::from(*d), None)));
+        }
+        Ok(out)
     }
 
     fn record_apply(&mut self, secs: f64) {
@@ -1150,12 +1318,38 @@ impl<S: Store> Replica<S> {
             Seen::Refused => return Ok((Some(hash), Some(doc), self.refused_again())),
             Seen::New => {}
         }
+        let voucher = match signature {
+            Signature::Vouched(_, true) => envelope.vouched_by(),
+            _ => None,
+        };
         let verified = match signature {
             Signature::Checked(v) => v,
             Signature::Unchecked(parsed) => rules::verify_parsed(&envelope, parsed, &self.view()),
+            Signature::Vouched(parsed, true) => {
+                rules::verify_vouched(&envelope, parsed, self.opts.limits)
+            }
+            Signature::Vouched(_, false) => Err(RejectReason::Unvouched {
+                voucher: envelope.vouched_by().unwrap_or(Hash([0; 32])),
+            }),
         };
         let verified = match verified {
             Ok(v) => v,
+            Err(reason @ RejectReason::Unvouched { .. }) => {
+                // Nothing is recorded: the same envelope is sound in a batch with its voucher.
+                if !self.restoring {
+                    tracing::warn!(source, %doc, %hash, %reason, "rejected change");
+                }
+                *self
+                    .stats
+                    .rejected
+                    .entry(reason.code().to_owned())
+                    .or_default() += 1;
+                let outcome = Outcome::Rejected {
+                    code: reason.code().into(),
+                    reason: reason.to_string(),
+                };
+                return Ok((Some(hash), Some(doc), outcome));
+            }
             Err(reason) => {
                 let outcome = self.reject_raw(raw_key, Some(doc.clone()), &reason, source)?;
                 return Ok((Some(hash), Some(doc), outcome));
@@ -1175,6 +1369,7 @@ impl<S: Store> Replica<S> {
             report: Some(idx),
             again,
             checked: None,
+            voucher,
         });
         Ok((
             Some(hash),
@@ -1304,6 +1499,7 @@ impl<S: Store> Replica<S> {
                 report: None,
                 again: false,
                 checked: None,
+                voucher: None,
             });
         }
     }
@@ -1470,6 +1666,10 @@ impl<S: Store> Replica<S> {
     }
 
     fn publish(&self, envelope: Vec<u8>) {
+        // A vouched change proves nothing on its own: sync pages carry it with its voucher.
+        if kervan_protocol::envelope::is_vouched(&envelope) {
+            return;
+        }
         if let Some(tx) = &self.outbox
             && tx.try_send(envelope).is_err()
         {
@@ -1565,12 +1765,19 @@ impl<S: Store> Replica<S> {
 
     /// The changes a peer with `remote` lacks, federation document first, each document in
     /// causal order, up to about `max_bytes`; and whether more remain.
+    ///
+    /// A page carries one signature per actor and document, over the actor's newest change in
+    /// it, and the receiver keeps the actor's other changes as vouched for by it; so the page
+    /// ends only where each actor's last change in it has a signature of its own here. A
+    /// change this node holds as vouched has one further on (its voucher, or one before it),
+    /// so a page past `max_bytes` goes on to it, up to what a receiver takes.
     pub fn sync_page(
         &self,
         remote: &kervan_protocol::sync::Summary,
         max_bytes: usize,
     ) -> Result<(Vec<Vec<u8>>, bool), ReplicaError> {
-        let mut wanted: Vec<(&DocId, u64, Hash)> = Vec::new();
+        use kervan_protocol::sync::{MAX_PAGE_CHANGES, MAX_UNPACKED_BYTES};
+        let mut wanted: Vec<(&DocId, u64, Hash, Actor)> = Vec::new();
         for m in kervan_protocol::sync::missing(&self.sync_summary(), remote) {
             let Some((doc, state)) = self.docs.get_key_value(&m.doc) else {
                 continue;
@@ -1582,54 +1789,120 @@ impl<S: Store> Replica<S> {
                 // A change's clock sums to more than any change in its causal past: sorting
                 // by it is a causal order.
                 if let Some(info) = state.accepted.get(hash) {
-                    wanted.push((doc, info.clock.values().sum(), *hash));
+                    wanted.push((doc, info.clock.values().sum(), *hash, info.actor));
                 }
             }
         }
         wanted.sort();
         // Equivocation evidence rides along whenever the digests differ: a node that took one
-        // side of a fork learns of the other however it pulls.
-        let mut page: Vec<Vec<u8>> = self
-            .store
-            .evidence()?
-            .into_iter()
-            .flat_map(|e| e.envelopes)
-            .filter(|e| !e.is_empty())
-            .take(kervan_protocol::sync::MAX_PAGE_CHANGES / 2)
-            .collect();
+        // side of a fork learns of the other however it pulls. A vouched side travels with
+        // the changes up to its voucher.
+        let mut page: Vec<Vec<u8>> = Vec::new();
+        for e in self.store.evidence()? {
+            for env in e.envelopes.into_iter().filter(|e| !e.is_empty()) {
+                if page.len() >= MAX_PAGE_CHANGES / 2 {
+                    break;
+                }
+                match SignedChange::decode(&env, usize::MAX)
+                    .ok()
+                    .and_then(|d| d.vouched_by())
+                {
+                    Some(voucher) => page.extend(
+                        self.chain_from(&e.doc, voucher)?
+                            .into_iter()
+                            .map(|(_, env)| env),
+                    ),
+                    None => page.push(env),
+                }
+            }
+        }
+        page.truncate(MAX_PAGE_CHANGES / 2);
         let mut bytes: usize = page.iter().map(Vec::len).sum();
-        for (i, (doc, _, hash)) in wanted.iter().enumerate() {
-            if bytes >= max_bytes || page.len() >= kervan_protocol::sync::MAX_PAGE_CHANGES {
-                return Ok((page, i < wanted.len()));
+        // Where the page may end: each actor's last change so far has its own signature.
+        let mut cut = (page.len(), bytes, 0);
+        let mut unsigned: HashSet<(&DocId, Actor)> = HashSet::new();
+        for (i, (doc, _, hash, actor)) in wanted.iter().enumerate() {
+            let full = bytes >= max_bytes || page.len() >= MAX_PAGE_CHANGES;
+            if full && unsigned.is_empty() {
+                return Ok((page, true));
             }
-            if let Some(env) = self.store.change(doc, hash)? {
-                bytes += env.len();
-                page.push(env);
+            let Some(env) = self.store.change(doc, hash)? else {
+                continue;
+            };
+            if bytes + env.len() > MAX_UNPACKED_BYTES || page.len() >= MAX_PAGE_CHANGES {
+                // No signature within what a receiver takes: end where the page could.
+                tracing::warn!(
+                    %doc,
+                    "a run of vouched changes is longer than a page: sending up to the last signed change"
+                );
+                page.truncate(cut.0);
+                return Ok((page, cut.2 < wanted.len()));
             }
+            if kervan_protocol::envelope::is_vouched(&env) {
+                unsigned.insert((doc, *actor));
+            } else {
+                unsigned.remove(&(*doc, *actor));
+            }
+            bytes += env.len();
+            page.push(env);
+            if unsigned.is_empty() {
+                cut = (page.len(), bytes, i + 1);
+            }
+        }
+        if !unsigned.is_empty() {
+            // Cannot happen while every vouched change's voucher is accepted: it is wanted too.
+            tracing::warn!("vouched changes without a signed change after them: left out");
+            page.truncate(cut.0);
+            return Ok((page, false));
         }
         Ok((page, false))
     }
 
-    /// Every accepted change, federation document first, each document in causal order.
+    /// Every accepted change, federation document first, each document in causal order, and
+    /// what authenticates the vouched ones among them: with `since`, the changes up to the
+    /// voucher of each vouched change exported, however old; and the kept proofs.
     pub fn export(&self, since: Option<i64>) -> Result<Bundle, ReplicaError> {
         let mut entries = Vec::new();
         for (doc, d) in &self.docs {
+            let mut skipped = Vec::new();
+            let mut needed: Vec<(&CausalInfo, &CausalInfo)> = Vec::new();
             for hash in &d.order {
                 let Some(env) = self.store.change(doc, hash)? else {
                     continue;
                 };
+                let decoded = SignedChange::decode(&env, usize::MAX).ok();
                 if let Some(since) = since {
-                    let time = SignedChange::decode(&env, usize::MAX)
-                        .ok()
+                    let time = decoded
+                        .as_ref()
                         .and_then(|e| e.parse().ok())
                         .map(|c| c.timestamp());
                     if time.is_some_and(|t| t < since) {
+                        skipped.push((*hash, env));
                         continue;
                     }
                 }
+                if let Some(by) = decoded.and_then(|e| e.vouched_by())
+                    && let (Some(x), Some(v)) = (d.accepted.get(hash), d.accepted.get(&by))
+                {
+                    needed.push((x, v));
+                }
                 entries.push(env);
             }
+            // A change left out by time is taken back if it lies between a vouched change
+            // exported and its voucher: after the one, in the causal past of the other.
+            let between = |c: &CausalInfo| {
+                needed.iter().any(|(x, v)| {
+                    c.clock.get(&x.actor).is_some_and(|s| *s >= x.seq)
+                        && v.clock.get(&c.actor).is_some_and(|s| *s >= c.seq)
+                })
+            };
+            for (hash, env) in skipped {
+                if d.accepted.get(&hash).is_some_and(between) {
+                    entries.push(env);
+                }
+            }
         }
+        entries.extend(self.store.proofs()?);
         Ok(Bundle {
             federation: self.federation,
             entries,
@@ -1651,34 +1924,46 @@ impl<S: Store> Replica<S> {
         Ok(self.ingest(bundle.entries, source)?)
     }
 
-    /// Re-verifies every stored change against its key and signature, and counts.
+    /// Re-verifies every stored change against its key and signature (a vouched change: its
+    /// voucher's signature, and the chain of hashes between them), and counts.
     pub fn verify_all(&self) -> Result<VerifyReport, ReplicaError> {
         let stored = self.store.changes()?;
+        let mut keys = Vec::with_capacity(stored.len());
+        let mut envelopes = Vec::with_capacity(stored.len());
+        for (doc, key, env) in stored {
+            keys.push((doc, key));
+            envelopes.push(env);
+        }
+        let prepared = prepare_vouched(
+            envelopes,
+            self.store.proofs()?,
+            &self.federation,
+            self.opts.limits,
+        );
         let mut failed = Vec::new();
         let mut verified = 0;
-        for (doc, key, env) in &stored {
-            let result = SignedChange::decode(env, usize::MAX)
-                .map_err(|e| e.to_string())
-                .and_then(|e| {
-                    if e.doc == *doc {
-                        Ok(e)
-                    } else {
-                        Err(format!("stored under {doc} but signed for {}", e.doc))
-                    }
-                })
-                .and_then(|e| e.verify(&self.federation).map_err(|e| e.to_string()))
-                .and_then(|v| {
-                    if v.hash == *key {
-                        Ok(())
-                    } else {
-                        Err(format!("stored under {key} but hashes to {}", v.hash))
-                    }
-                });
+        for ((doc, key), (_, p)) in keys.iter().zip(&prepared) {
+            let result = match &p.parsed {
+                Err((_, reason)) => Err(reason.to_string()),
+                Ok((e, _, _)) if e.doc != *doc => {
+                    Err(format!("stored under {doc} but signed for {}", e.doc))
+                }
+                Ok((_, hash, _)) if hash != key => {
+                    Err(format!("stored under {key} but hashes to {hash}"))
+                }
+                Ok((_, _, Signature::Checked(Err(reason)))) => Err(reason.to_string()),
+                Ok((e, _, Signature::Vouched(_, false))) => Err(RejectReason::Unvouched {
+                    voucher: e.vouched_by().unwrap_or(Hash([0; 32])),
+                }
+                .to_string()),
+                Ok(_) => Ok(()),
+            };
             match result {
                 Ok(()) => verified += 1,
                 Err(why) => failed.push((key.to_string(), why)),
             }
         }
+        let stored = keys;
         Ok(VerifyReport {
             stored: stored.len(),
             verified,
@@ -1755,6 +2040,7 @@ impl<S: Store> Replica<S> {
                     source: "local".to_owned(),
                     report: Some(0),
                     checked: Some(checked),
+                    voucher: None,
                 }]);
                 self.run(work, &mut reports, true)?;
                 match reports.first().map(|r| &r.outcome) {
@@ -2245,8 +2531,12 @@ pub struct AuditEntry {
     pub time: String,
     /// `accepted`, `pending` or `excluded`.
     pub status: String,
-    /// `valid` when the signature verifies now.
+    /// `valid` when the signature verifies now; for a change kept without a signature of its
+    /// own, `vouched` when its voucher's does and the voucher holds it in its causal past.
     pub signature: String,
+    /// The voucher of a change kept without a signature of its own: the later change of the
+    /// same actor whose signature covers it.
+    pub vouched_by: Option<Hash>,
     pub ops: Vec<AuditOp>,
 }
 
@@ -2268,15 +2558,42 @@ impl<S: Store> Replica<S> {
             .and_then(|ps| ps.iter().next().cloned())
     }
 
+    /// Whether `by` vouches for `change` now: its own signature verifies, it is of the same
+    /// actor, and it holds the change in its causal past (by its clock where it is accepted,
+    /// else by walking back to the change).
+    fn vouches(&self, doc: &DocId, by: &Hash, actor: &Actor, change: &automerge::Change) -> bool {
+        let envelope = match (self.store.change(doc, by), self.store.proof(doc, by)) {
+            (Ok(Some(e)), _) | (_, Ok(Some(e))) => e,
+            _ => return false,
+        };
+        let Ok(voucher) = SignedChange::decode(&envelope, usize::MAX)
+            .map_err(|_| ())
+            .and_then(|e| e.verify(&self.federation).map_err(|_| ()))
+        else {
+            return false;
+        };
+        if voucher.actor != *actor || voucher.change.seq() <= change.seq() {
+            return false;
+        }
+        let hash = Hash::from(change.hash());
+        match self.docs.get(doc).and_then(|d| d.accepted.get(by)) {
+            Some(info) => info.clock.get(actor).is_some_and(|s| *s >= change.seq()),
+            None => self
+                .chain_from(doc, *by)
+                .is_ok_and(|chain| chain.iter().any(|(h, _)| *h == hash)),
+        }
+    }
+
     fn audit_entry(&self, doc: &DocId, envelope: &[u8], status: &str) -> Option<AuditEntry> {
         let env = SignedChange::decode(envelope, usize::MAX).ok()?;
         let change = env.parse().ok()?;
-        let signature = if env.verify(&self.federation).is_ok() {
-            "valid"
-        } else {
-            "invalid"
-        };
         let actor = Actor::from_bytes(change.actor_id().to_bytes())?;
+        let signature = match env.vouched_by() {
+            None if env.verify(&self.federation).is_ok() => "valid",
+            None => "invalid",
+            Some(by) if self.vouches(doc, &by, &actor, &change) => "vouched",
+            Some(_) => "invalid",
+        };
         let objects = self.docs.get(doc).map(|d| &d.objects);
         let start = change.start_op().get();
         let mut local: HashMap<ObjKey, String> = HashMap::new();
@@ -2349,6 +2666,7 @@ impl<S: Store> Replica<S> {
                 .unwrap_or_default(),
             status: status.into(),
             signature: signature.into(),
+            vouched_by: env.vouched_by(),
             ops,
         })
     }

@@ -5,7 +5,9 @@
 //! so equivocation is judged the same whatever the order), `rejected` (doc, hash, or the
 //! envelope's own hash where it never verified → record with the reason), `evidence` (doc,
 //! actor, seq → both envelopes), `frozen_keys` (device keys registered for two parks), `meta`,
-//! `snapshots` (doc → saved document and the replica's facts about it).
+//! `snapshots` (doc → saved document and the replica's facts about it), `proofs` (doc, hash →
+//! envelope of a change that is neither accepted nor excluded but vouches, itself or on the
+//! way, for a vouched change that is: kept so the vouched change can be authenticated again).
 //!
 //! Changes are keyed by document and hash: the same Automerge change signed for two documents
 //! is two entries, each judged in its own document.
@@ -114,8 +116,16 @@ pub trait Store: Send {
     /// Whether a change of `doc` (or, with no doc, an envelope by its own hash) was rejected.
     fn is_rejected(&self, doc: Option<&DocId>, key: &Hash) -> Result<bool, StoreError>;
     fn rejected(&self) -> Result<Vec<Rejected>, StoreError>;
+    /// The record of a verified change of `doc` refused with `hash`, if there is one.
+    fn rejected_record(&self, doc: &DocId, hash: &Hash) -> Result<Option<Rejected>, StoreError>;
     fn put_evidence(&self, evidence: &Evidence) -> Result<(), StoreError>;
     fn evidence(&self) -> Result<Vec<Evidence>, StoreError>;
+    /// Keeps the envelope of a change that a kept vouched change needs to be authenticated
+    /// again, when it is not kept as a change itself (pending, or rejected).
+    fn put_proof(&self, doc: &DocId, hash: &Hash, envelope: &[u8]) -> Result<(), StoreError>;
+    /// Every kept proof envelope.
+    fn proofs(&self) -> Result<Vec<Vec<u8>>, StoreError>;
+    fn proof(&self, doc: &DocId, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError>;
     /// Records a device key registered for two parks: it is frozen everywhere.
     fn put_frozen_key(&self, key: &DeviceKey, parks: &[ParkId]) -> Result<(), StoreError>;
     fn frozen_keys(&self) -> Result<Vec<DeviceKey>, StoreError>;
@@ -143,6 +153,7 @@ pub struct SledStore {
     by_actor: sled::Tree,
     rejected: sled::Tree,
     evidence: sled::Tree,
+    proofs: sled::Tree,
     frozen_keys: sled::Tree,
     snapshots: sled::Tree,
     seal: std::sync::Arc<Seal>,
@@ -246,6 +257,7 @@ impl SledStore {
             by_actor: db.open_tree("by_actor")?,
             rejected: db.open_tree("rejected")?,
             evidence: db.open_tree("evidence")?,
+            proofs: db.open_tree("proofs")?,
             frozen_keys: db.open_tree("frozen_keys")?,
             snapshots: db.open_tree("snapshots")?,
             records_dir: path.join(RECORDS_DIR),
@@ -296,6 +308,16 @@ impl SledStore {
                     },
                     Err(e) => {
                         problems.push(format!("reading stopped: {e}"));
+                        break;
+                    }
+                }
+            }
+            // Proofs vouch for vouched changes: judged with them, they are judged again.
+            for kv in store.proofs.iter() {
+                match kv {
+                    Ok((_, v)) => envelopes.push(v.to_vec()),
+                    Err(e) => {
+                        problems.push(format!("reading the proofs stopped: {e}"));
                         break;
                     }
                 }
@@ -518,6 +540,13 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn rejected_record(&self, doc: &DocId, hash: &Hash) -> Result<Option<Rejected>, StoreError> {
+        self.rejected
+            .get(doc_key(Some(doc), hash))?
+            .map(|v| json(&v, "rejected"))
+            .transpose()
+    }
+
     fn put_evidence(&self, evidence: &Evidence) -> Result<(), StoreError> {
         let key = slot_key(&evidence.doc, &evidence.actor, evidence.seq);
         self.evidence.insert(key, to_json(evidence))?;
@@ -529,6 +558,22 @@ impl Store for SledStore {
             .iter()
             .map(|kv| json(&kv?.1, "evidence"))
             .collect()
+    }
+
+    fn put_proof(&self, doc: &DocId, hash: &Hash, envelope: &[u8]) -> Result<(), StoreError> {
+        self.proofs.insert(doc_key(Some(doc), hash), envelope)?;
+        Ok(())
+    }
+
+    fn proof(&self, doc: &DocId, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .proofs
+            .get(doc_key(Some(doc), hash))?
+            .map(|v| v.to_vec()))
+    }
+
+    fn proofs(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.proofs.iter().map(|kv| Ok(kv?.1.to_vec())).collect()
     }
 
     fn put_frozen_key(&self, key: &DeviceKey, parks: &[ParkId]) -> Result<(), StoreError> {

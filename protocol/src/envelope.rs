@@ -2,9 +2,18 @@
 //!
 //! ```text
 //! SignedChange v1 = version:u8 (1) | doc_len:u8 | doc:utf8 | change_len:u32be | change | sig:[u8; 64]
+//!              v2 = version:u8 (2) | doc_len:u8 | doc:utf8 | change_len:u32be | change | voucher:[u8; 32]
 //! Bundle v1       = "KERVANB" 0x01 | federation:[u8; 32] | count:u32be | (len:u32be | SignedChange)*
 //! signature       = Ed25519(key, "kervan/change/v1" | federation | doc | change_hash)
 //! ```
+//!
+//! A v2 envelope is a **vouched** change: it has no signature of its own, and names instead
+//! its voucher, a later change of the same actor whose signature covers it. A change's hash
+//! covers the hashes of its dependencies, so a signed change authenticates every change in its
+//! causal past; a sync page therefore carries one signature per actor, over that actor's newest
+//! change in the page, and the receiver keeps the others as vouched changes (DESIGN §6). A
+//! vouched change is authenticated only together with its voucher and the changes between
+//! them ([`crate::vouch`]): alone it proves nothing.
 //!
 //! Every length is checked against the input and the limits before anything is allocated, and
 //! an encoding has exactly one byte string: no trailing bytes, no second form of a length.
@@ -17,6 +26,7 @@ use sha2::{Digest, Sha256};
 /// The domain separator of every change signature.
 pub const SIGNING_CONTEXT: &[u8] = b"kervan/change/v1";
 const VERSION: u8 = 1;
+const VERSION_VOUCHED: u8 = 2;
 const BUNDLE_MAGIC: &[u8; 8] = b"KERVANB\x01";
 /// Bytes of an envelope around its change: version, doc length, doc, change length, signature.
 pub const ENVELOPE_OVERHEAD: usize = 1 + 1 + DocId::MAX_LEN + 4 + 64;
@@ -26,7 +36,7 @@ pub const ENVELOPE_OVERHEAD: usize = 1 + 1 + DocId::MAX_LEN + 4 + 64;
 pub enum DecodeError {
     #[error("truncated: expected {expected} more bytes, found {found}")]
     Truncated { expected: usize, found: usize },
-    #[error("unsupported envelope version {0}, expected 1")]
+    #[error("unsupported envelope version {0}, expected 1 or 2")]
     Version(u8),
     #[error("not a Kervan bundle (bad magic bytes)")]
     BundleMagic,
@@ -51,14 +61,26 @@ pub enum VerifyError {
     Key,
     #[error("signature does not verify for the actor's key over this federation and document")]
     Signature,
+    #[error("the change has no signature of its own: it is vouched for by {0}")]
+    Vouched(Hash),
 }
 
-/// One Automerge change with its author's signature.
+/// One Automerge change with what proves its author made it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SignedChange {
     pub doc: DocId,
     pub change: Vec<u8>,
-    pub sig: [u8; 64],
+    pub proof: Proof,
+}
+
+/// What proves who made a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// The author's signature over the change (envelope v1).
+    Signature([u8; 64]),
+    /// No signature of its own: the hash of a later change of the same actor, in the same
+    /// document, whose signature covers this one through its dependencies (envelope v2).
+    Vouched(Hash),
 }
 
 impl std::fmt::Debug for SignedChange {
@@ -66,8 +88,14 @@ impl std::fmt::Debug for SignedChange {
         f.debug_struct("SignedChange")
             .field("doc", &self.doc)
             .field("change_bytes", &self.change.len())
+            .field("vouched_by", &self.vouched_by())
             .finish_non_exhaustive()
     }
+}
+
+/// Whether encoded envelope bytes are of a vouched change (v2), by their version byte alone.
+pub fn is_vouched(envelope: &[u8]) -> bool {
+    envelope.first() == Some(&VERSION_VOUCHED)
 }
 
 /// The message a device signs for one change.
@@ -104,7 +132,40 @@ impl SignedChange {
             doc,
             // Uncompressed: a node never inflates a peer's bytes before it has judged them.
             change: change.raw_bytes().to_vec(),
-            sig: sig.to_bytes(),
+            proof: Proof::Signature(sig.to_bytes()),
+        }
+    }
+
+    /// The same change, vouched for by `voucher` instead of signed.
+    pub fn vouched(doc: DocId, change: Vec<u8>, voucher: Hash) -> Self {
+        Self {
+            doc,
+            change,
+            proof: Proof::Vouched(voucher),
+        }
+    }
+
+    /// The change's own signature, if it has one.
+    pub fn signature(&self) -> Option<&[u8; 64]> {
+        match &self.proof {
+            Proof::Signature(s) => Some(s),
+            Proof::Vouched(_) => None,
+        }
+    }
+
+    /// The change's own signature, to tamper with in tests of forgery.
+    pub fn signature_mut(&mut self) -> Option<&mut [u8; 64]> {
+        match &mut self.proof {
+            Proof::Signature(s) => Some(s),
+            Proof::Vouched(_) => None,
+        }
+    }
+
+    /// The voucher of a vouched change.
+    pub fn vouched_by(&self) -> Option<Hash> {
+        match self.proof {
+            Proof::Signature(_) => None,
+            Proof::Vouched(h) => Some(h),
         }
     }
 
@@ -159,21 +220,36 @@ impl SignedChange {
         }
     }
 
-    /// Checks the signature of a change parsed from this envelope.
+    /// Checks the signature of a change parsed from this envelope. A vouched change has none:
+    /// it is [`VerifyError::Vouched`], to be authenticated with its voucher
+    /// ([`crate::vouch`]) and then taken by [`Self::vouched_parsed`].
     pub fn verify_parsed(
         &self,
         federation: &FederationId,
         change: automerge::Change,
     ) -> Result<Verified, VerifyError> {
-        let actor_bytes = change.actor_id().to_bytes();
-        let actor = Actor::from_bytes(actor_bytes).ok_or(VerifyError::Actor(actor_bytes.len()))?;
-        let hash = Hash::from(change.hash());
+        let sig = match self.proof {
+            Proof::Signature(sig) => sig,
+            Proof::Vouched(by) => return Err(VerifyError::Vouched(by)),
+        };
+        let (actor, hash) = actor_and_hash(&change)?;
         let key = VerifyingKey::from_bytes(&actor.key.0).map_err(|_| VerifyError::Key)?;
         key.verify_strict(
             &signing_message(federation, &self.doc, &hash),
-            &Signature::from_bytes(&self.sig),
+            &Signature::from_bytes(&sig),
         )
         .map_err(|_| VerifyError::Signature)?;
+        Ok(Verified {
+            change,
+            actor,
+            hash,
+        })
+    }
+
+    /// A change parsed from this envelope, once the caller has authenticated it by its voucher
+    /// (a signed change may be taken so too: its signature then vouches for nothing more).
+    pub fn vouched_parsed(change: automerge::Change) -> Result<Verified, VerifyError> {
+        let (actor, hash) = actor_and_hash(&change)?;
         Ok(Verified {
             change,
             actor,
@@ -184,13 +260,19 @@ impl SignedChange {
     pub fn encode(&self) -> Vec<u8> {
         let doc = self.doc.to_string();
         let mut out = Vec::with_capacity(1 + 1 + doc.len() + 4 + self.change.len() + 64);
-        out.push(VERSION);
+        out.push(match self.proof {
+            Proof::Signature(_) => VERSION,
+            Proof::Vouched(_) => VERSION_VOUCHED,
+        });
         // DocId::MAX_LEN < 256, so the length fits a byte.
         out.push(doc.len() as u8);
         out.extend_from_slice(doc.as_bytes());
         out.extend_from_slice(&(self.change.len() as u32).to_be_bytes());
         out.extend_from_slice(&self.change);
-        out.extend_from_slice(&self.sig);
+        match &self.proof {
+            Proof::Signature(sig) => out.extend_from_slice(sig),
+            Proof::Vouched(by) => out.extend_from_slice(&by.0),
+        }
         out
     }
 
@@ -205,7 +287,7 @@ impl SignedChange {
         }
         let mut r = Reader(bytes);
         let version = r.u8()?;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_VOUCHED {
             return Err(DecodeError::Version(version));
         }
         let doc_len = usize::from(r.u8()?);
@@ -227,11 +309,25 @@ impl SignedChange {
             });
         }
         let change = r.take(change_len)?.to_vec();
-        let mut sig = [0u8; 64];
-        sig.copy_from_slice(r.take(64)?);
+        let proof = if version == VERSION {
+            let mut sig = [0u8; 64];
+            sig.copy_from_slice(r.take(64)?);
+            Proof::Signature(sig)
+        } else {
+            let mut by = [0u8; 32];
+            by.copy_from_slice(r.take(32)?);
+            Proof::Vouched(Hash(by))
+        };
         r.end()?;
-        Ok(Self { doc, change, sig })
+        Ok(Self { doc, change, proof })
     }
+}
+
+/// A parsed change's actor, which must be a device key and an epoch, and its hash.
+fn actor_and_hash(change: &automerge::Change) -> Result<(Actor, Hash), VerifyError> {
+    let actor_bytes = change.actor_id().to_bytes();
+    let actor = Actor::from_bytes(actor_bytes).ok_or(VerifyError::Actor(actor_bytes.len()))?;
+    Ok((actor, Hash::from(change.hash())))
 }
 
 /// The magic bytes that open every Automerge chunk.
@@ -399,7 +495,7 @@ mod tests {
         let env = SignedChange {
             doc: "park/kz-astana-hub".parse().expect("doc"),
             change: change.clone(),
-            sig: [5; 64],
+            proof: Proof::Signature([5; 64]),
         }
         .encode();
         let (prefix, body, hash) = split_wire(&env).expect("splits");
@@ -471,7 +567,9 @@ mod tests {
             Some(VerifyError::Signature)
         );
         let mut forged = signed;
-        forged.sig[0] ^= 1;
+        if let Proof::Signature(s) = &mut forged.proof {
+            s[0] ^= 1;
+        }
         assert_eq!(
             forged.verify(&federation()).err(),
             Some(VerifyError::Signature)
@@ -571,7 +669,7 @@ mod tests {
         let envelope = SignedChange {
             doc: DocId::Federation,
             change,
-            sig: [0; 64],
+            proof: Proof::Signature([0; 64]),
         };
         assert!(
             matches!(envelope.parse(), Err(VerifyError::Change(_))),
@@ -613,7 +711,7 @@ mod tests {
         let envelope = |change| SignedChange {
             doc: DocId::Federation,
             change,
-            sig: [0; 64],
+            proof: Proof::Signature([0; 64]),
         };
         assert!(envelope(canonical.clone()).parse().is_ok());
         assert!(matches!(

@@ -7,7 +7,9 @@
 //! - [`genesis`]: park cards, the federation's genesis and a ledger's first change.
 //! - [`rules`]: `check(change, context) -> Verdict`, the same verdict on every node.
 //! - [`sync`]: the anti-entropy messages and what one node must send another.
-//! - [`pack`]: a sync page's run of changes of one document, deflated together.
+//! - [`pack`]: a sync page's run of changes of one document, taken apart into fields and op
+//!   columns and deflated.
+//! - [`vouch`]: which vouched changes of a batch their vouchers' signatures authenticate.
 
 pub mod envelope;
 pub mod genesis;
@@ -16,8 +18,9 @@ pub mod pack;
 pub mod records;
 pub mod rules;
 pub mod sync;
+pub mod vouch;
 
-pub use envelope::{Bundle, DecodeError, SignedChange, Verified, VerifyError};
+pub use envelope::{Bundle, DecodeError, Proof, SignedChange, Verified, VerifyError};
 pub use genesis::{
     GenesisError, GenesisInfo, ParkCard, device_proof, genesis_change, ledger_root_change,
     verify_device_proof,

@@ -180,6 +180,11 @@ pub enum RejectReason {
     BadActor { found: usize },
     #[error("signature does not verify for the actor's key over this federation and document")]
     BadSignature,
+    #[error(
+        "no signature of its own, and its voucher {voucher} is not a signed later change of \
+         its actor, sent with it, that has it in its causal past"
+    )]
+    Unvouched { voucher: Hash },
     #[error("equivocation: another change {other} holds the same actor and seq {seq}")]
     Equivocation { other: Hash, seq: u64 },
     #[error("actor is frozen in this document from seq {from} after equivocation")]
@@ -218,6 +223,7 @@ impl RejectReason {
             RejectReason::BadChange { .. } => "bad_change",
             RejectReason::BadActor { .. } => "bad_actor",
             RejectReason::BadSignature => "bad_signature",
+            RejectReason::Unvouched { .. } => "unvouched",
             RejectReason::Equivocation { .. } => "equivocation",
             RejectReason::Frozen { .. } => "frozen",
             RejectReason::BuiltOnEquivocation { .. } => "built_on_equivocation",
@@ -290,6 +296,30 @@ pub fn verify_signed(
     federation: &FederationId,
     limits: Limits,
 ) -> Result<Verified, RejectReason> {
+    within_bytes(change, &parsed, limits)?;
+    let verified = change
+        .verify_parsed(federation, parsed)
+        .map_err(verify_error)?;
+    within_ops(verified, limits)
+}
+
+/// [`verify_signed`] for a vouched change the caller has authenticated by its voucher
+/// ([`crate::vouch`]): every check but the signature's.
+pub fn verify_vouched(
+    change: &SignedChange,
+    parsed: automerge::Change,
+    limits: Limits,
+) -> Result<Verified, RejectReason> {
+    within_bytes(change, &parsed, limits)?;
+    let verified = SignedChange::vouched_parsed(parsed).map_err(verify_error)?;
+    within_ops(verified, limits)
+}
+
+fn within_bytes(
+    change: &SignedChange,
+    parsed: &automerge::Change,
+    limits: Limits,
+) -> Result<(), RejectReason> {
     if change.change.len() > limits.max_change_bytes {
         return Err(RejectReason::TooLarge {
             found: change.change.len(),
@@ -301,9 +331,10 @@ pub fn verify_signed(
             message: "extra bytes (an author footer) are not part of the protocol".into(),
         });
     }
-    let verified = change
-        .verify_parsed(federation, parsed)
-        .map_err(verify_error)?;
+    Ok(())
+}
+
+fn within_ops(verified: Verified, limits: Limits) -> Result<Verified, RejectReason> {
     if verified.change.len() > limits.max_ops {
         return Err(RejectReason::TooManyOps {
             found: verified.change.len(),
@@ -320,6 +351,7 @@ fn verify_error(e: crate::envelope::VerifyError) -> RejectReason {
         crate::envelope::VerifyError::Key | crate::envelope::VerifyError::Signature => {
             RejectReason::BadSignature
         }
+        crate::envelope::VerifyError::Vouched(voucher) => RejectReason::Unvouched { voucher },
     }
 }
 

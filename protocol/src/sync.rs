@@ -1,4 +1,4 @@
-//! Anti-entropy (DESIGN §6): the wire messages of `/kervan/sync/3` and the pure decisions of
+//! Anti-entropy (DESIGN §6): the wire messages of `/kervan/sync/4` and the pure decisions of
 //! what one node must send another.
 //!
 //! A node sends its summary: for each (document, actor) the highest accepted seq and that
@@ -31,14 +31,15 @@
 //! changed  = [* (index: uint, seq: uint, hash: bstr 32)]  ; index in the base's sorted heads
 //! Response = [0, peers] / [1, runs, more: bool, peers] / [2]  ; 2: UnknownBase
 //! runs     = [* run]
-//! run      = [prefix: bstr, packed: bstr, sigs: bstr]
-//!                                             ; envelopes of one document in a row: the
-//!                                             ; prefix (version, id length, id) once, the
-//!                                             ; changes without their length, magic and
-//!                                             ; checksum (which the receiver rebuilds)
-//!                                             ; deflated together (crate::pack), and their
-//!                                             ; signatures, 64 bytes each
-//!          / [h'', * envelope: bstr]          ; envelopes that do not split, whole
+//! run      = [doc: bstr, packed: bstr, sigs: bstr]
+//!                                             ; changes of one document in a row: its id
+//!                                             ; (utf8) once, the changes taken apart into
+//!                                             ; fields and op columns, each deflated
+//!                                             ; (crate::pack), and one signature per actor,
+//!                                             ; over its newest signed change in the run: the
+//!                                             ; receiver keeps the actor's earlier changes as
+//!                                             ; vouched for by it
+//!          / [h'', * envelope: bstr]          ; envelopes that do not decode, whole
 //! peers    = [* [peer: tstr, [* addr: tstr]]]
 //! ```
 
@@ -51,10 +52,11 @@ use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
+use crate::envelope::{Proof, SignedChange};
 use crate::ids::{Actor, DocId, Hash};
 
 /// The request-response protocol name.
-pub const PROTOCOL: &str = "/kervan/sync/3";
+pub const PROTOCOL: &str = "/kervan/sync/4";
 /// The most bytes of changes one page carries (the last change may cross it).
 pub const MAX_PAGE_BYTES: usize = 1 << 20;
 /// The most changes one page carries; an answer with more is refused whole.
@@ -127,7 +129,7 @@ pub struct PeerAddrs {
     pub addrs: Vec<String>,
 }
 
-/// A request of `/kervan/sync/3`.
+/// A request of `/kervan/sync/4`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// "This is what I hold: send what I lack."
@@ -136,7 +138,7 @@ pub enum Request {
     PullDelta(Delta),
 }
 
-/// A response of `/kervan/sync/3`.
+/// A response of `/kervan/sync/4`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// The digests are equal.
@@ -664,87 +666,139 @@ impl<'de> Deserialize<'de> for PeerAddrs {
 }
 
 /// A page's envelopes on the wire: runs of envelopes of one document, the document named once
-/// per run and its changes packed together ([`crate::pack`]) without what the receiver
-/// rebuilds (`crate::envelope::split_wire`): `[* [prefix: bstr, packed: bstr, sigs: bstr]]`.
-/// Envelopes that do not split travel whole after an empty prefix: `[h'', * envelope: bstr]`.
+/// per run and its changes packed together ([`crate::pack`]):
+/// `[* [doc: bstr, packed: bstr, sigs: bstr]]`. A run carries one signature per actor: over
+/// the newest change of that actor in the run that has one; the receiver rebuilds the changes
+/// before it as vouched for by it ([`crate::envelope::Proof::Vouched`]). Envelopes that do not
+/// decode travel whole after an empty document: `[h'', * envelope: bstr]`.
 struct EnvelopesOut<'a>(&'a [Vec<u8>]);
 
 impl Serialize for EnvelopesOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut runs: Vec<(&[u8], Vec<Body<'_>>)> = Vec::new();
+        let mut runs: Vec<(Vec<u8>, Vec<Entry<'_>>)> = Vec::new();
         for e in self.0 {
-            let (prefix, body, hash) = crate::envelope::split_wire(e).unwrap_or((&[], e, [0; 32]));
+            let (doc, item) = match SignedChange::decode(e, usize::MAX) {
+                Ok(env) => (env.doc.to_string().into_bytes(), Ok(env)),
+                Err(_) => (Vec::new(), Err(e.as_slice())),
+            };
             match runs.last_mut() {
-                Some((p, bodies)) if *p == prefix => bodies.push((body, hash)),
-                _ => runs.push((prefix, vec![(body, hash)])),
+                Some((d, items)) if *d == doc => items.push(item),
+                _ => runs.push((doc, vec![item])),
             }
         }
-        s.collect_seq(runs.iter().map(|(prefix, bodies)| RunOut(prefix, bodies)))
+        s.collect_seq(runs.iter().map(|(doc, items)| RunOut(doc, items)))
     }
 }
 
-/// A body as `split_wire` leaves it, with its change's hash (unused when the prefix is empty).
-type Body<'a> = (&'a [u8], [u8; 32]);
+/// An envelope of a page: decoded, or the bytes of one that does not decode.
+type Entry<'a> = Result<SignedChange, &'a [u8]>;
 
-/// A run: its prefix and its bodies.
-struct RunOut<'a>(&'a [u8], &'a [Body<'a>]);
+/// A run: its document and its envelopes.
+struct RunOut<'a>(&'a [u8], &'a [Entry<'a>]);
 
 impl Serialize for RunOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let (prefix, bodies) = (self.0, self.1);
-        if prefix.is_empty() {
-            return s.collect_seq(
-                std::iter::once(prefix)
-                    .chain(bodies.iter().map(|(b, _)| *b))
-                    .map(bytes),
-            );
+        let (doc, items) = (self.0, self.1);
+        if doc.is_empty() {
+            let whole = items.iter().filter_map(|i| i.as_ref().err().copied());
+            return s.collect_seq(std::iter::once(doc).chain(whole).map(bytes));
         }
-        // split_wire leaves a body of at least the signature.
-        let (chunks, sigs): (Vec<Body<'_>>, Vec<&[u8]>) = bodies
+        let envs: Vec<&SignedChange> = items.iter().filter_map(|i| i.as_ref().ok()).collect();
+        // Per actor, the signature of its newest signed change in the run: it vouches for the
+        // actor's changes before it, so the others' signatures need not travel. The receiver
+        // takes a change without one as vouched for by the next change of its actor that has
+        // one; so a signed change right after changes this node holds as vouched carries its
+        // signature too (an actor that equivocated has two branches, and a run with evidence
+        // may hold both: the next signed change is then the one on the same branch).
+        let mut carried = vec![false; envs.len()];
+        let mut actors: Vec<(&[u8], bool)> = Vec::new();
+        for (i, env) in envs.iter().enumerate() {
+            let actor = crate::pack::change_actor(&env.change).unwrap_or_default();
+            let signed = env.signature().is_some();
+            match actors.iter_mut().find(|(a, _)| *a == actor) {
+                Some((_, last_signed)) => {
+                    carried[i] = signed && !*last_signed;
+                    *last_signed = signed;
+                }
+                None => actors.push((actor, signed)),
+            }
+        }
+        let mut newest: Vec<&[u8]> = Vec::new();
+        for (i, env) in envs.iter().enumerate().rev() {
+            if env.signature().is_none() {
+                continue;
+            }
+            let actor = crate::pack::change_actor(&env.change).unwrap_or_default();
+            if !newest.contains(&actor) {
+                newest.push(actor);
+                carried[i] = true;
+            }
+        }
+        let packed_items: Vec<crate::pack::Item<'_>> = envs
             .iter()
-            .map(|(b, hash)| {
-                let (chunk, sig) = b.split_at(b.len().saturating_sub(SIGNATURE));
-                ((chunk, *hash), sig)
+            .zip(&carried)
+            .map(|(env, carry)| crate::pack::Item {
+                change: &env.change,
+                sig: env.signature().filter(|_| *carry),
             })
-            .unzip();
-        let packed = crate::pack::pack(chunks);
-        let sigs = sigs.concat();
-        (bytes(prefix), bytes(&packed), bytes(&sigs)).serialize(s)
+            .collect();
+        let (packed, sigs) = crate::pack::pack(&packed_items);
+        (bytes(doc), bytes(&packed), bytes(&sigs)).serialize(s)
     }
 }
 
-const SIGNATURE: usize = 64;
-
 fn envelopes_in<E: de::Error>(runs: Vec<Vec<serde_bytes::ByteBuf>>) -> Result<Vec<Vec<u8>>, E> {
     let mut out = Vec::new();
-    // What a page's runs may inflate to, all together: no more than a page may weigh on the
-    // wire before packing.
+    // What a page's runs may inflate to, and rebuild, all together: no more than a page may
+    // weigh on the wire before packing.
     let mut budget = MAX_UNPACKED_BYTES;
     for run in runs {
         let mut run = run.into_iter();
-        let prefix = run
+        let doc = run
             .next()
-            .ok_or_else(|| E::custom("a run of envelopes without its prefix"))?;
+            .ok_or_else(|| E::custom("a run of envelopes without its document"))?;
         // How many changes a page may hold is the net actor's to judge (a page over
         // MAX_PAGE_CHANGES bans its sender); the codec's byte limit and the unpacking budget
         // bound what is read here.
-        if prefix.is_empty() {
+        if doc.is_empty() {
             out.extend(run.map(serde_bytes::ByteBuf::into_vec));
             continue;
         }
+        let doc = std::str::from_utf8(&doc)
+            .ok()
+            .and_then(|d| d.parse::<DocId>().ok())
+            .ok_or_else(|| E::custom("a run names no document"))?;
         let (Some(packed), Some(sigs), None) = (run.next(), run.next(), run.next()) else {
             return Err(E::custom(
-                "a packed run is a prefix, the packed changes and their signatures",
+                "a packed run is a document, the packed changes and their signatures",
             ));
         };
         let changes = crate::pack::unpack(&packed, &sigs, budget).map_err(E::custom)?;
-        for (mut chunk, sig, hash) in changes {
-            budget = budget.saturating_sub(chunk.len());
-            chunk.extend_from_slice(&sig);
-            out.push(
-                crate::envelope::join_wire_hashed(&prefix, &chunk, &hash)
-                    .ok_or_else(|| E::custom("an envelope shorter than its signature"))?,
-            );
+        budget = budget.saturating_sub(changes.iter().map(|c| c.change.len()).sum());
+        // Each change without a signature is vouched for by the next change of its actor in
+        // the run that has one; with none, it names no voucher and proves nothing.
+        let mut next_signed: Vec<(Option<Vec<u8>>, Hash)> = Vec::new();
+        let mut vouchers = vec![Hash([0; 32]); changes.len()];
+        for (i, c) in changes.iter().enumerate().rev() {
+            if c.sig.is_some() {
+                match next_signed.iter_mut().find(|(a, _)| *a == c.actor) {
+                    Some(entry) => entry.1 = Hash(c.hash),
+                    None => next_signed.push((c.actor.clone(), Hash(c.hash))),
+                }
+            } else if let Some((_, h)) = next_signed.iter().find(|(a, _)| *a == c.actor) {
+                vouchers[i] = *h;
+            }
+        }
+        for (c, voucher) in changes.into_iter().zip(vouchers) {
+            let env = match c.sig {
+                Some(sig) => SignedChange {
+                    doc: doc.clone(),
+                    change: c.change,
+                    proof: Proof::Signature(sig),
+                },
+                None => SignedChange::vouched(doc.clone(), c.change, voucher),
+            };
+            out.push(env.encode());
         }
     }
     Ok(out)
@@ -857,7 +911,7 @@ mod tests {
         crate::envelope::SignedChange {
             doc: doc.parse().expect("doc"),
             change: bytes,
-            sig: [sig; 64],
+            proof: Proof::Signature([sig; 64]),
         }
         .encode()
     }
@@ -895,18 +949,26 @@ mod tests {
             serde_json::to_value(r).expect("value")[1].clone()
         };
         assert_eq!(runs(&two).as_array().map(Vec::len), Some(1));
-        // A run is its prefix, its packed changes and their signatures, however many.
+        // A run is its document, its packed changes and their signatures; each of these
+        // changes is of an actor of its own, so each carries its signature.
         assert_eq!(runs(&one)[0].as_array().map(Vec::len), Some(3));
         assert_eq!(runs(&two)[0].as_array().map(Vec::len), Some(3));
         assert_eq!(runs(&two)[0][2].as_array().map(Vec::len), Some(128));
     }
 
     #[test]
-    fn a_page_of_a_real_ledger_packs_to_a_fraction_and_rebuilds_byte_for_byte() {
+    fn a_page_of_a_real_ledger_packs_to_a_fraction_and_carries_one_signature_per_actor() {
         use automerge::transaction::Transactable as _;
         let mut d = automerge::AutoCommit::new();
-        let changes: Vec<Vec<u8>> = (0..200)
+        let doc: DocId = "park/kz-astana-hub".parse().expect("doc");
+        let actors = [
+            automerge::ActorId::from([1u8; 40]),
+            automerge::ActorId::from([2u8; 40]),
+        ];
+        let mut changes: Vec<SignedChange> = (0..200)
             .map(|i| {
+                // Actor 1 writes the first 150, actor 2 the rest but one.
+                d.set_actor(actors[usize::from(i >= 150 && i != 199)].clone());
                 let rec = d
                     .put_object(automerge::ROOT, format!("s{i}"), automerge::ObjType::Map)
                     .expect("object");
@@ -918,27 +980,46 @@ mod tests {
                     d.put(&rec, k, v).expect("put");
                 }
                 d.commit();
-                let mut change = d.get_last_local_change().expect("change").clone();
-                crate::envelope::SignedChange {
-                    doc: "park/kz-astana-hub".parse().expect("doc"),
-                    change: change.bytes().to_vec(),
-                    sig: [i as u8; 64],
+                let change = d.get_last_local_change().expect("change");
+                SignedChange {
+                    doc: doc.clone(),
+                    change: change.raw_bytes().to_vec(),
+                    proof: Proof::Signature([i as u8; 64]),
                 }
-                .encode()
             })
             .collect();
+        // One change is vouched for already: its signature is not there to send.
+        let last = Hash(crate::pack::change_hash(&changes[199].change));
+        changes[10] = SignedChange::vouched(doc.clone(), changes[10].change.clone(), last);
         let page = Response::Changes {
-            changes: changes.clone(),
+            changes: changes.iter().map(SignedChange::encode).collect(),
             more: false,
             peers: Vec::new(),
         };
         let mut wire = Vec::new();
         cbor4ii::serde::to_writer(&mut wire, &page).expect("encodes");
         let back: Response = cbor4ii::serde::from_slice(&wire).expect("decodes");
-        assert_eq!(back, page);
-        let whole: usize = changes.iter().map(Vec::len).sum();
+        let Response::Changes { changes: back, .. } = back else {
+            panic!("not a page");
+        };
+        // Actor 1's newest change is the last; actor 2's is the one before it; and the change
+        // after the one held as vouched keeps its signature. Every other change comes back
+        // vouched for by its actor's next change with one, byte for byte the same change.
+        let hash = |i: usize| Hash(crate::pack::change_hash(&changes[i].change));
+        for (i, (b, sent)) in back.iter().zip(&changes).enumerate() {
+            let b = SignedChange::decode(b, usize::MAX).expect("an envelope");
+            assert_eq!(b.change, sent.change);
+            let expected = match i {
+                11 | 198 | 199 => sent.proof,
+                0..=10 => Proof::Vouched(hash(11)),
+                150..=197 => Proof::Vouched(hash(198)),
+                _ => Proof::Vouched(last),
+            };
+            assert_eq!(b.proof, expected, "change {i}");
+        }
+        let whole: usize = changes.iter().map(|c| c.encode().len()).sum();
         assert!(
-            wire.len() * 2 < whole,
+            wire.len() * 5 < whole,
             "{} B on the wire for {whole} B of envelopes",
             wire.len()
         );
@@ -947,39 +1028,33 @@ mod tests {
     #[test]
     fn malformed_runs_are_errors() {
         let decode = |v: serde_json::Value| serde_json::from_value::<Response>(v);
-        // A run without its prefix.
+        // A run without its document, one that names none.
         assert!(decode(serde_json::json!([1, [[]], false, []])).is_err());
-        // A body shorter than a signature after a prefix.
         assert!(
             decode(serde_json::json!([
                 1,
-                [[[1, 1, 120], [0, 0, 0]]],
+                [[[1, 1, 120], [2, 0, 0, 0, 0, 0, 0], []]],
                 false,
                 []
             ]))
             .is_err()
         );
+        let fed: Vec<u8> = b"federation".to_vec();
         // A packed run without its signatures, or with something after them.
-        assert!(decode(serde_json::json!([1, [[[1, 1, 120], [0]]], false, []])).is_err());
-        assert!(
-            decode(serde_json::json!([
-                1,
-                [[[1, 1, 120], [], [], []]],
-                false,
-                []
-            ]))
-            .is_err()
-        );
-        // Packed changes that would inflate past what a page may weigh.
-        let bomb = {
-            use std::io::Write as _;
-            let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-            e.write_all(&vec![0u8; MAX_UNPACKED_BYTES + 1])
-                .expect("write");
-            e.finish().expect("finish")
-        };
-        let err = decode(serde_json::json!([1, [[[1, 1, 120], bomb, []]], false, []]))
-            .expect_err("refused");
+        assert!(decode(serde_json::json!([1, [[fed, [0]]], false, []])).is_err());
+        assert!(decode(serde_json::json!([1, [[fed, [], [], []]], false, []])).is_err());
+        // Packed changes that would inflate past what a page may weigh: refused on what they
+        // declare, before inflating.
+        let mut bomb = vec![2];
+        let mut n = MAX_UNPACKED_BYTES as u64 + 1;
+        while n >= 0x80 {
+            bomb.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        bomb.push(n as u8);
+        bomb.extend_from_slice(&[0, 0, 0, 0, 0]);
+        let err =
+            decode(serde_json::json!([1, [[fed, bomb, []]], false, []])).expect_err("refused");
         assert!(err.to_string().contains("inflate to more than"), "{err}");
         // An empty prefix carries whole envelopes, whatever they hold.
         let page = decode(serde_json::json!([1, [[[], [9, 9]]], false, []])).expect("decodes");

@@ -1,5 +1,5 @@
 //! A hostile member on the wire: a registered device's key running a bare libp2p node that
-//! answers every `/kervan/sync/3` pull with the envelopes it was given — forged, unauthorised
+//! answers every `/kervan/sync/4` pull with the envelopes it was given — forged, unauthorised
 //! or equivocating — instead of what it holds — and a flood of invalid gossip.
 
 use std::time::Duration;
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 /// A page of changes in the wire form of `Response::Changes` with one packed run of whatever
-/// bytes the test gives (`[1, [[prefix, packed, sigs]], false, []]`): a deflate bomb, bytes
+/// bytes the test gives (`[1, [[doc, packed, sigs]], false, []]`): a deflate bomb, bytes
 /// that do not inflate, signatures that do not match.
 #[derive(Debug, Clone)]
 pub struct PackedPage {
@@ -33,6 +33,59 @@ impl Serialize for PackedPage {
             serde_bytes::Bytes::new(&self.sigs),
         );
         (1u8, [run], false, Vec::<()>::new()).serialize(s)
+    }
+}
+
+/// A page of the given envelopes in which every signature travels, as no honest encoder
+/// writes it (an honest one sends one per actor and run): each envelope in a run of its own,
+/// so a forged signature reaches the receiver as it is. Vouched envelopes travel without a
+/// voucher; envelopes that do not decode travel whole.
+#[derive(Debug, Clone)]
+pub struct EverySignature(pub Vec<Vec<u8>>);
+
+impl Serialize for EverySignature {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let runs: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = self
+            .0
+            .iter()
+            .map(|e| match SignedChange::decode(e, usize::MAX) {
+                Ok(env) => {
+                    let (packed, sigs) =
+                        kervan_protocol::pack::pack(&[kervan_protocol::pack::Item {
+                            change: &env.change,
+                            sig: env.signature(),
+                        }]);
+                    (env.doc.to_string().into_bytes(), packed, sigs)
+                }
+                Err(_) => (Vec::new(), e.clone(), Vec::new()),
+            })
+            .collect();
+        let runs: Vec<Vec<&serde_bytes::Bytes>> = runs
+            .iter()
+            .map(|(doc, packed, sigs)| {
+                if doc.is_empty() {
+                    vec![
+                        serde_bytes::Bytes::new(doc),
+                        serde_bytes::Bytes::new(packed),
+                    ]
+                } else {
+                    [doc, packed, sigs]
+                        .into_iter()
+                        .map(|b| serde_bytes::Bytes::new(b))
+                        .collect()
+                }
+            })
+            .collect();
+        (1u8, runs, false, Vec::<()>::new()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for EverySignature {
+    /// Only ever sent.
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "a page of every signature is only written",
+        ))
     }
 }
 
@@ -53,14 +106,9 @@ pub struct HostilePeer {
 
 impl HostilePeer {
     /// Dials `targets` with `secret` (a member's device key) and serves `envelopes` to every
-    /// pull it receives.
+    /// pull it receives, each with its own signature ([`EverySignature`]).
     pub async fn start(secret: [u8; 32], targets: Vec<Multiaddr>, envelopes: Vec<Vec<u8>>) -> Self {
-        let answer = Response::Changes {
-            changes: envelopes,
-            more: false,
-            peers: Vec::new(),
-        };
-        Self::answering(secret, targets, answer).await
+        Self::answering_raw(secret, targets, EverySignature(envelopes)).await
     }
 
     /// Dials `targets` with `secret` and gives `answer` to every pull it receives, whatever
@@ -234,7 +282,8 @@ pub async fn flood(
                             big
                         }
                         k if k % 2 == 0 => {
-                            template.sig[..8].copy_from_slice(&n.to_le_bytes());
+                            template.signature_mut().expect("a signed template")[..8]
+                                .copy_from_slice(&n.to_le_bytes());
                             template.encode()
                         }
                         _ => {

@@ -125,7 +125,7 @@ fn rejects_forged_signature() {
     let mut change = startup_put(&mut f, "kz-astana-hub/forged", "name", "Forged");
     let genuine = f.sign(&mut change);
     let mut env = SignedChange::decode(&genuine, usize::MAX).expect("decode");
-    env.sig[10] ^= 0x40;
+    env.signature_mut().expect("signed")[10] ^= 0x40;
     assert_refused(&mut fed, 1, env.encode(), "bad_signature");
     // Sent again, it is refused again, not waved through as a duplicate.
     let again = fed

@@ -350,7 +350,7 @@ async fn a_hostile_member_is_rejected_penalised_and_cut_off() {
         let env = forger.sign(&mut c);
         if i % 2 == 0 {
             let mut e = SignedChange::decode(&env, usize::MAX).expect("decode");
-            e.sig[0] ^= 1;
+            e.signature_mut().expect("signed")[0] ^= 1;
             bad.push(e.encode());
         } else {
             bad.push(env);
@@ -493,7 +493,7 @@ fn forged(net: &TestNet, victim: usize, writer: usize, n: usize) -> Vec<Vec<u8>>
         let env = f.sign(&mut c);
         if i % 2 == 0 {
             let mut e = SignedChange::decode(&env, usize::MAX).expect("decode");
-            e.sig[0] ^= 1;
+            e.signature_mut().expect("signed")[0] ^= 1;
             out.push(e.encode());
         } else {
             out.push(env);
@@ -651,13 +651,34 @@ async fn a_member_sending_packed_pages_that_do_not_unpack_is_cut_off() {
     }
     let bomb = e.finish().expect("deflate");
     assert!(bomb.len() < kervan_protocol::sync::MAX_RESPONSE_BYTES);
-    let prefix = vec![1, 18]
-        .into_iter()
-        .chain(*b"park/kz-astana-hub")
-        .collect::<Vec<u8>>();
-    for packed in [bomb, b"no deflate stream".to_vec()] {
+    let uleb = |mut v: u64| {
+        let mut out = Vec::new();
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+        out
+    };
+    // A head stream that says what it inflates to, and an empty lens stream.
+    let streams = |raw: u64, head: &[u8]| {
+        let mut p = vec![2];
+        p.extend(uleb(raw));
+        p.extend(uleb(head.len() as u64));
+        p.extend([0, 0, 2, 0]);
+        p.extend_from_slice(head);
+        p.extend([3, 0]);
+        p
+    };
+    for packed in [
+        // Declared as what it is: refused before inflating.
+        streams(64 << 20, &bomb),
+        // Declared small: inflating stops past the declared size.
+        streams(64, &bomb),
+        streams(17, b"no deflate stream"),
+    ] {
         let answer = PackedPage {
-            prefix: prefix.clone(),
+            prefix: b"park/kz-astana-hub".to_vec(),
             packed,
             sigs: vec![7; 64],
         };

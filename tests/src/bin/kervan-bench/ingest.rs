@@ -28,7 +28,10 @@ fn signed(envelope: &[u8], ds: &Dataset) -> anyhow::Result<Signed> {
         .ok_or_else(|| anyhow!("actor is not 40 bytes"))?;
     Ok(Signed {
         message: signing_message(&ds.federation, &env.doc, &Hash::from(change.hash())),
-        signature: Signature::from_bytes(&env.sig),
+        signature: Signature::from_bytes(
+            env.signature()
+                .ok_or_else(|| anyhow!("the stream holds a vouched change"))?,
+        ),
         key: VerifyingKey::from_bytes(&actor.key.0)?,
     })
 }
