@@ -180,10 +180,7 @@ pub enum RejectReason {
     BadActor { found: usize },
     #[error("signature does not verify for the actor's key over this federation and document")]
     BadSignature,
-    #[error(
-        "no signature of its own, and its voucher {voucher} is not a signed later change of \
-         its actor, sent with it, that has it in its causal past"
-    )]
+    #[error("{}", unvouched(voucher))]
     Unvouched { voucher: Hash },
     #[error("equivocation: another change {other} holds the same actor and seq {seq}")]
     Equivocation { other: Hash, seq: u64 },
@@ -211,6 +208,17 @@ pub enum RejectReason {
     InvalidValue { path: String, message: String },
     #[error("references object {object} outside the change's causal past")]
     UnknownObject { object: String },
+}
+
+fn unvouched(voucher: &Hash) -> String {
+    if voucher.0 == [0; 32] {
+        "no signature of its own, and no later signed change of its actor came with it".into()
+    } else {
+        format!(
+            "no signature of its own, and its voucher {voucher} is not a signed later change of \
+             its actor, sent with it, that has it in its causal past"
+        )
+    }
 }
 
 impl RejectReason {

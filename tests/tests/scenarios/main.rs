@@ -10,3 +10,4 @@ mod flood;
 mod hostile;
 mod network;
 mod restart;
+mod vouched;

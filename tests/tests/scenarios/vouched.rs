@@ -1,0 +1,460 @@
+//! Vouched changes (DESIGN §6): a sync page carries one signature per actor, over that actor's
+//! newest change in it, and the receiver keeps the actor's other changes as vouched for by it.
+//! These scenarios move real pages between real replicas through the page's wire form, and
+//! check that what arrives vouched is authenticated exactly as a signed change would be, is
+//! relayed onward, survives restarts, rebuilds, audits and bundles, and that a vouched change
+//! whose voucher is missing, forged or of another actor proves nothing.
+
+use automerge::transaction::Transactable;
+use kervan_node::replica::{AuditFilter, Outcome, Report};
+use kervan_node::sample::Sample;
+use kervan_node::{Collection, Replica, SledStore, Store};
+use kervan_protocol::sync::Response;
+use kervan_protocol::{DocId, Hash, SignedChange};
+use kervan_tests::{Federation, Forger, Park, fingerprint, tally, view};
+
+/// The envelopes of a page as the receiver rebuilds them from the page's wire form.
+fn through_the_wire(changes: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let page = Response::Changes {
+        changes,
+        more: false,
+        peers: Vec::new(),
+    };
+    let wire = serde_json::to_vec(&page).expect("encodes");
+    match serde_json::from_slice(&wire).expect("decodes") {
+        Response::Changes { changes, .. } => changes,
+        other => panic!("not a page: {other:?}"),
+    }
+}
+
+/// Pulls everything `to` lacks from `from` the way sync does, in pages of about `page_bytes`
+/// of envelopes, each through its wire form. Answers the number of pages.
+fn pull(from: &mut Park, to: &mut Replica<SledStore>, page_bytes: usize) -> usize {
+    for page in 1..=500 {
+        let (changes, more) = from
+            .replica()
+            .sync_page(&to.sync_summary(), page_bytes)
+            .expect("a page");
+        let reports = to
+            .ingest(through_the_wire(changes), "peer")
+            .expect("ingest");
+        let refused: Vec<&Report> = reports
+            .iter()
+            .filter(|r| !matches!(r.outcome, Outcome::Accepted | Outcome::Duplicate))
+            .collect();
+        assert!(refused.is_empty(), "page {page}: {refused:?}");
+        if !more {
+            return page;
+        }
+    }
+    panic!("no end in 500 pages");
+}
+
+/// How many stored changes of `r` are vouched, not signed.
+fn vouched(r: &Replica<SledStore>) -> usize {
+    r.store()
+        .changes()
+        .expect("changes")
+        .iter()
+        .filter(|(_, _, e)| kervan_protocol::envelope::is_vouched(e))
+        .count()
+}
+
+fn write(park: &mut Park, sample: &mut Sample, n: usize) {
+    let country = park.country.clone();
+    for _ in 0..n {
+        park.replica()
+            .create(Collection::Startups, None, &sample.startup(&country))
+            .expect("create");
+    }
+}
+
+/// Astana Hub writes 150 startups and IT Park 5. IT Park catches up with Astana Hub in small
+/// pages and keeps most of Astana Hub's changes as vouched; Kyrgyzstan's park then catches up
+/// from IT Park alone, in pages of another size, so IT Park relays vouched changes with the
+/// signatures it holds. Both end with Astana Hub's registry, every stored change verifies,
+/// the audit shows who vouched for what, and the state survives a restart without a final
+/// snapshot, a rebuild from the stored changes alone and a bundle into a fresh replica.
+#[test]
+fn a_park_that_caught_up_relays_what_it_holds_as_vouched() {
+    let mut fed = Federation::founding(3);
+    let mut sample = Sample::new(41);
+    write(fed.park(0), &mut sample, 150);
+    write(fed.park(1), &mut sample, 5);
+    let (digest, expected, bundle) = {
+        let [astana, tashkent, bishkek] = &mut fed.parks[..] else {
+            panic!("three parks");
+        };
+        let pages = pull(astana, tashkent.replica(), 12_000);
+        assert!(pages > 5, "{pages} pages: the registry should take several");
+        let held = vouched(tashkent.replica());
+        // One signature per page for Astana Hub's actor: the rest arrived vouched.
+        assert!(
+            held >= 150 - pages,
+            "{held} vouched of 150 after {pages} pages"
+        );
+        pull(tashkent, astana.replica(), 1 << 20);
+        assert_eq!(tashkent.digest(), astana.digest());
+
+        // Bishkek pulls from Tashkent only, in smaller pages than Astana Hub's: Tashkent
+        // can end a page only at a change it holds signed, so its pages run on to one.
+        let relayed = pull(tashkent, bishkek.replica(), 7_000);
+        assert!(relayed <= pages + 1, "{relayed} pages, {pages} first");
+        // Bishkek's own ledger goes back the same way.
+        pull(bishkek, tashkent.replica(), 1 << 20);
+        pull(tashkent, astana.replica(), 1 << 20);
+        assert_eq!(bishkek.digest(), astana.digest());
+        assert_eq!(bishkek.view(), astana.view());
+        assert!(vouched(bishkek.replica()) > 140);
+
+        for park in [&mut *tashkent, &mut *bishkek] {
+            let report = park.replica().verify_all().expect("verify");
+            assert!(report.failed.is_empty(), "{:?}", report.failed);
+            assert_eq!(report.verified, report.stored);
+            let log = park
+                .replica()
+                .audit_log(&AuditFilter {
+                    doc: Some(DocId::Ledger(astana.id.clone())),
+                    limit: Some(500),
+                    ..AuditFilter::default()
+                })
+                .expect("audit");
+            assert_eq!(log.items.len(), 151, "the ledger's root and 150 startups");
+            for e in &log.items {
+                match e.vouched_by {
+                    Some(by) => {
+                        assert_eq!(e.signature, "vouched", "{}", e.hash);
+                        assert_ne!(by, e.hash);
+                    }
+                    None => assert_eq!(e.signature, "valid", "{}", e.hash),
+                }
+            }
+        }
+
+        let digest = astana.digest();
+        let expected = astana.view();
+        bishkek.restart();
+        assert_eq!(
+            (bishkek.digest(), bishkek.view()),
+            (digest, expected.clone())
+        );
+        bishkek.replica().rebuild().expect("rebuild");
+        assert_eq!(
+            (bishkek.digest(), bishkek.view()),
+            (digest, expected.clone())
+        );
+        (digest, expected, bishkek.export())
+    };
+    let mut fresh = fed.observer();
+    let reports = fresh
+        .replica
+        .import(&bundle, "import")
+        .expect("a bundle of this federation");
+    assert_eq!(tally(&reports).get("rejected"), None, "{reports:?}");
+    assert_eq!(fresh.replica.digest(), digest);
+    assert_eq!(view(&fresh.replica), expected);
+}
+
+/// The envelopes Astana Hub would send Tashkent now, as Tashkent rebuilds them.
+fn page_for(fed: &mut Federation, from: usize, to: usize) -> Vec<Vec<u8>> {
+    let summary = fed.park(to).replica().sync_summary();
+    let (changes, more) = fed
+        .park(from)
+        .replica()
+        .sync_page(&summary, 1 << 20)
+        .expect("a page");
+    assert!(!more);
+    through_the_wire(changes)
+}
+
+fn decoded(e: &[u8]) -> SignedChange {
+    SignedChange::decode(e, usize::MAX).expect("an envelope")
+}
+
+fn rejections(reports: &[Report]) -> Vec<&str> {
+    reports
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Rejected { code, .. } => Some(code.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A page of Astana Hub's ten startups arrives at Tashkent as ten vouched changes and their
+/// voucher. Without the voucher, with the voucher's signature forged, with a voucher of another
+/// park's actor, or naming as voucher a change that does not have it in its past, every vouched
+/// change is refused `unvouched`, and Tashkent keeps nothing of it, remembers no rejection,
+/// and takes the genuine page afterwards.
+#[test]
+fn a_vouched_change_without_a_voucher_that_covers_it_proves_nothing() {
+    let mut fed = Federation::founding(2);
+    fed.exchange_all();
+    let mut sample = Sample::new(7);
+    write(fed.park(0), &mut sample, 10);
+    write(fed.park(1), &mut sample, 1);
+    let page = page_for(&mut fed, 0, 1);
+    let (vouched, signed): (Vec<_>, Vec<_>) = page
+        .iter()
+        .partition(|e| kervan_protocol::envelope::is_vouched(e));
+    assert_eq!(
+        (vouched.len(), signed.len()),
+        (9, 1),
+        "one signature for ten changes"
+    );
+    let voucher = signed[0].clone();
+    let vouched: Vec<Vec<u8>> = vouched.into_iter().cloned().collect();
+    // Tashkent's own startup: a signed change of another actor, in another document.
+    let own = fed.park(1).export();
+    let other = kervan_tests::entries(&own)
+        .into_iter()
+        .rev()
+        .find(|e| decoded(e).doc == DocId::Ledger(fed.parks[1].id.clone()))
+        .expect("Tashkent's change");
+    let other_hash = Hash::from(decoded(&other).parse().expect("parses").hash());
+    // A change Astana Hub writes after the voucher: vouched for by a change in its past.
+    write(fed.park(0), &mut sample, 1);
+    let later = page_for(&mut fed, 0, 1)
+        .into_iter()
+        .map(|e| decoded(&e))
+        .find(|e| e.signature().is_some())
+        .expect("the newest change");
+    let voucher_hash = Hash::from(decoded(&voucher).parse().expect("parses").hash());
+    let mut forged = decoded(&voucher);
+    forged.signature_mut().expect("signed")[3] ^= 1;
+    let renamed = |by: Hash| -> Vec<Vec<u8>> {
+        vouched
+            .iter()
+            .map(|e| SignedChange::vouched(decoded(e).doc, decoded(e).change, by).encode())
+            .collect()
+    };
+    let before = fingerprint(fed.park(1).replica());
+    let rejected_before = fed
+        .park(1)
+        .replica()
+        .store()
+        .rejected()
+        .expect("rejected")
+        .len();
+    for (what, batch, refused) in [
+        ("no voucher", vouched.clone(), vec!["unvouched"; 9]),
+        (
+            "a forged voucher",
+            [vouched.clone(), vec![forged.encode()]].concat(),
+            {
+                let mut r = vec!["unvouched"; 9];
+                r.push("bad_signature");
+                r
+            },
+        ),
+        (
+            "a voucher of another actor",
+            [renamed(other_hash), vec![other.clone()]].concat(),
+            vec!["unvouched"; 9],
+        ),
+        (
+            "a voucher that comes before",
+            vec![
+                SignedChange::vouched(later.doc.clone(), later.change.clone(), voucher_hash)
+                    .encode(),
+                voucher.clone(),
+            ],
+            vec!["unvouched"],
+        ),
+    ] {
+        let reports = fed.park(1).replica().ingest(batch, "peer").expect("ingest");
+        assert_eq!(rejections(&reports), refused, "{what}");
+        if what != "a voucher that comes before" {
+            assert_eq!(fingerprint(fed.park(1).replica()), before, "{what}");
+        }
+    }
+    // Only the forged signature is remembered: the vouched envelopes may be sound elsewhere.
+    let rejected = fed.park(1).replica().store().rejected().expect("rejected");
+    assert_eq!(rejected.len(), rejected_before + 1, "{rejected:?}");
+    // The voucher waited since the last case, for the changes it vouches for.
+    let reports = fed.park(1).replica().ingest(page, "peer").expect("ingest");
+    assert_eq!(rejections(&reports), Vec::<&str>::new());
+    assert_eq!(tally(&reports).get("accepted"), Some(&9), "{reports:?}");
+    let astana = DocId::Ledger(fed.parks[0].id.clone());
+    assert!(
+        fed.park(1)
+            .replica()
+            .summary()
+            .iter()
+            .any(|(d, _, _, h)| *d == astana && *h == voucher_hash),
+        "the voucher is Astana Hub's head at Tashkent"
+    );
+}
+
+/// A vouched change is authenticated by its voucher's signature even where the rules refuse
+/// the voucher itself: a device of Astana Hub signs two sound changes and a third that writes
+/// outside the schema, and sends the first two vouched for by the third. Tashkent accepts the
+/// two, refuses the third, and keeps it as proof, so the two are authenticated again after a
+/// restart without a final snapshot, after a rebuild, by the audit, and in a bundle.
+#[test]
+fn a_voucher_the_rules_refuse_still_vouches_and_is_kept_as_proof() {
+    let mut fed = Federation::founding(2);
+    fed.exchange_all();
+    let doc = DocId::Ledger(fed.parks[0].id.clone());
+    let key = fed.park(0).key();
+    let id = fed.id;
+    let mut f = Forger::new(fed.park(0), doc.clone(), key, id);
+    let startups = f.obj(&["startups"]);
+    let mut changes: Vec<automerge::Change> = ["kz-astana-hub/one", "kz-astana-hub/two"]
+        .iter()
+        .map(|rec| {
+            f.change(|d| {
+                let r = d
+                    .put_object(&startups, *rec, automerge::ObjType::Map)
+                    .expect("put");
+                d.put(&r, "name", *rec).expect("put");
+            })
+        })
+        .collect();
+    changes.push(f.change(|d| {
+        d.put(automerge::ROOT, "bogus", "outside the schema")
+            .expect("put");
+    }));
+    let voucher = f.sign(&mut changes[2]);
+    let voucher_hash = Hash::from(changes[2].hash());
+    let mut batch: Vec<Vec<u8>> = changes[..2]
+        .iter()
+        .map(|c| SignedChange::vouched(doc.clone(), c.raw_bytes().to_vec(), voucher_hash).encode())
+        .collect();
+    batch.push(voucher);
+    let reports = fed.park(1).replica().ingest(batch, "peer").expect("ingest");
+    assert_eq!(tally(&reports).get("accepted"), Some(&2), "{reports:?}");
+    assert_eq!(rejections(&reports), vec!["path_not_allowed"]);
+    let proofs = fed.park(1).replica().store().proofs().expect("proofs");
+    assert_eq!(proofs.len(), 1, "the refused voucher is kept");
+
+    let digest = fed.park(1).digest();
+    let expected = fed.park(1).view();
+    let head = (doc.clone(), f.actor, 2, Hash::from(changes[1].hash()));
+    let holds = |r: &Replica<SledStore>| r.summary().contains(&head);
+    assert!(
+        holds(fed.park(1).replica()),
+        "the second change is the actor's head"
+    );
+    fed.park(1).restart();
+    assert!(holds(fed.park(1).replica()), "and still after a restart");
+    assert_eq!(
+        (fed.park(1).digest(), fed.park(1).view()),
+        (digest, expected.clone())
+    );
+    fed.park(1).replica().rebuild().expect("rebuild");
+    assert_eq!(
+        (fed.park(1).digest(), fed.park(1).view()),
+        (digest, expected.clone())
+    );
+    let report = fed.park(1).replica().verify_all().expect("verify");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let bundle = fed.park(1).export();
+    let mut fresh = fed.observer();
+    let reports = fresh.replica.import(&bundle, "import").expect("import");
+    assert_eq!(
+        rejections(&reports),
+        vec!["path_not_allowed"],
+        "{reports:?}"
+    );
+    assert_eq!(fresh.replica.digest(), digest);
+}
+
+/// Astana Hub's device equivocates at a seq that Tashkent holds as vouched: Tashkent freezes
+/// it on the forged change's arrival. Bishkek, which took the forged change first, learns of
+/// the fork from Tashkent's next page, which carries the vouched side with the changes up to
+/// its voucher; Bishkek freezes the actor too, and both end with the same ledger and evidence.
+#[test]
+fn a_fork_at_a_vouched_change_travels_with_its_voucher() {
+    let mut fed = Federation::founding(3);
+    fed.exchange_all();
+    let mut sample = Sample::new(9);
+    write(fed.park(0), &mut sample, 2);
+    let page = page_for(&mut fed, 0, 2);
+    fed.park(2).replica().ingest(page, "peer").expect("ingest");
+    write(fed.park(0), &mut sample, 3);
+    let page = page_for(&mut fed, 0, 1);
+    let reports = fed.park(1).replica().ingest(page, "peer").expect("ingest");
+    assert_eq!(rejections(&reports), Vec::<&str>::new());
+
+    // The fork: the same actor's seq 4 (the ledger's root is seq 1), built on seq 3.
+    let doc = DocId::Ledger(fed.parks[0].id.clone());
+    let identity = fed.park(0).replica().identity().cloned().expect("identity");
+    let actor = identity.actor();
+    let mut base = automerge::AutoCommit::new();
+    let upto3: Vec<automerge::Change> = kervan_tests::entries(&fed.park(0).export())
+        .iter()
+        .map(|e| decoded(e))
+        .filter(|e| e.doc == doc)
+        .map(|e| e.parse().expect("parses"))
+        .filter(|c| c.seq() <= 3)
+        .collect();
+    base.apply_changes(upto3).expect("apply");
+    base.set_actor(actor.to_automerge());
+    let mut f = Forger {
+        doc: base,
+        doc_id: doc.clone(),
+        key: identity.key.clone(),
+        actor,
+        federation: fed.id,
+    };
+    let startups = f.obj(&["startups"]);
+    let mut fork = f.change(|d| {
+        let r = d
+            .put_object(&startups, "kz-astana-hub/fork", automerge::ObjType::Map)
+            .expect("put");
+        d.put(&r, "name", "The other branch").expect("put");
+    });
+    assert_eq!(fork.seq(), 4);
+    let fork = f.sign(&mut fork);
+    let held = fed.park(1).replica().store().changes().expect("changes");
+    assert!(
+        held.iter().any(|(_, _, e)| {
+            kervan_protocol::envelope::is_vouched(e)
+                && decoded(e).parse().is_ok_and(|c| c.seq() == 4)
+        }),
+        "Tashkent holds seq 4 as vouched"
+    );
+    let reports = fed
+        .park(1)
+        .replica()
+        .ingest(vec![fork.clone()], "peer")
+        .expect("ingest");
+    assert_eq!(rejections(&reports), vec!["equivocation"]);
+    let reports = fed
+        .park(2)
+        .replica()
+        .ingest(vec![fork], "peer")
+        .expect("ingest");
+    assert_eq!(tally(&reports).get("accepted"), Some(&1));
+
+    // Bishkek pulls from Tashkent: the page carries the evidence, vouched side and voucher.
+    let page = page_for(&mut fed, 1, 2);
+    assert!(
+        page.iter()
+            .any(|e| kervan_protocol::envelope::is_vouched(e))
+    );
+    let reports = fed.park(2).replica().ingest(page, "peer").expect("ingest");
+    assert!(
+        rejections(&reports).contains(&"equivocation"),
+        "{reports:?}"
+    );
+    let ledger = |r: &Replica<SledStore>| -> Vec<(u64, Hash)> {
+        r.summary()
+            .into_iter()
+            .filter(|(d, ..)| *d == doc)
+            .map(|(_, _, seq, hash)| (seq, hash))
+            .collect()
+    };
+    let at = |fed: &mut Federation, i: usize| {
+        let r = fed.park(i).replica();
+        (ledger(r), r.store().evidence().expect("evidence").len())
+    };
+    let tashkent = at(&mut fed, 1);
+    assert_eq!(tashkent.0.len(), 1);
+    assert_eq!(tashkent.0[0].0, 3, "the actor is frozen from seq 4");
+    assert_eq!(tashkent.1, 1);
+    assert_eq!(at(&mut fed, 2), tashkent);
+    let report = fed.park(2).replica().verify_all().expect("verify");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+}
