@@ -641,6 +641,44 @@ fn bundle_seeds(
     };
     other.federation = FederationId(Hash([0x5a; 32]));
     corpus.add("bundle_import", "other-federation", other.encode());
+    // What a fresh park keeps of a page: the changes vouched for by each actor's newest.
+    let (page, _) = built
+        .a
+        .sync_page(&Summary::new(Vec::new()), sync::MAX_PAGE_BYTES)?;
+    let wire = cbor(&Response::Changes {
+        changes: page,
+        more: false,
+        peers: Vec::new(),
+    })?;
+    let Response::Changes { changes, .. } = cbor4ii::serde::from_slice(&wire)? else {
+        anyhow::bail!("a page decodes as a page");
+    };
+    anyhow::ensure!(
+        changes.iter().any(|e| kervan_protocol::envelope::is_vouched(e)),
+        "a page of the fixture holds vouched changes"
+    );
+    corpus.add(
+        "bundle_import",
+        "vouched-page",
+        Bundle {
+            federation: fed,
+            entries: changes.clone(),
+        }
+        .encode(),
+    );
+    // The same without the vouchers: nothing of it is authenticated.
+    corpus.add(
+        "bundle_import",
+        "vouched-without-vouchers",
+        Bundle {
+            federation: fed,
+            entries: changes
+                .into_iter()
+                .filter(|e| kervan_protocol::envelope::is_vouched(e))
+                .collect(),
+        }
+        .encode(),
+    );
     let mut junk_entry = by_name("b-new-program")?.encode();
     junk_entry.truncate(junk_entry.len() - 10);
     let mixed = Bundle {

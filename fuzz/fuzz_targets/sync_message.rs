@@ -1,4 +1,4 @@
-//! Fuzzes the anti-entropy messages of `/kervan/sync/3` as a node reads them from a peer: the
+//! Fuzzes the anti-entropy messages of `/kervan/sync/4` as a node reads them from a peer: the
 //! bytes are decoded exactly as libp2p's `request_response::cbor` codec decodes them (at most
 //! the node's size limit, then `cbor4ii::serde::from_slice`), as a `Request` and as a
 //! `Response`, and what comes out is handed to the code that follows in the node.
@@ -13,8 +13,9 @@
 //!   sent and sorted, unique heads, and the delta from that base to it rebuilds it again;
 //! - a real replica holding the fixture answers the request with `sync_page` without error,
 //!   within `MAX_PAGE_CHANGES`, with envelopes that decode;
-//! - a response's envelopes decode, parse and verify, and its peer ids and addresses parse, as
-//!   the node's `learn` does, without panicking.
+//! - a response's envelopes decode, parse and verify, its vouched envelopes go through the
+//!   vouching walk the replica runs on a page, and its peer ids and addresses parse, as the
+//!   node's `learn` does, without panicking.
 
 #![no_main]
 
@@ -27,7 +28,8 @@ use kervan_protocol::sync::{
     self, Delta, MAX_PAGE_BYTES, MAX_PAGE_CHANGES, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, Request,
     Response, Summary,
 };
-use kervan_protocol::{Limits, SignedChange};
+use kervan_protocol::vouch::{Link, Own, vouch};
+use kervan_protocol::{Actor, Hash, Limits, SignedChange};
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -171,11 +173,34 @@ fn take(response: Response) {
     }
     let federation = kervan_fuzz::fixture().federation;
     let max = Limits::default().max_change_bytes;
+    let mut parsed = Vec::new();
     for envelope in &changes {
         if let Ok(e) = SignedChange::decode(envelope, max)
             && let Ok(change) = e.parse()
         {
-            let _ = e.verify_parsed(&federation, change);
+            let own = match e.vouched_by() {
+                Some(by) => Own::Vouched(by),
+                None if e.verify_parsed(&federation, change.clone()).is_ok() => Own::Signed,
+                None => Own::Nothing,
+            };
+            parsed.push((e.doc, change, own));
         }
+    }
+    let links: Vec<Link<'_>> = parsed
+        .iter()
+        .filter_map(|(doc, change, own)| {
+            Some(Link {
+                doc,
+                hash: Hash::from(change.hash()),
+                actor: Actor::from_bytes(change.actor_id().to_bytes())?,
+                deps: change.deps().iter().map(|d| Hash::from(*d)).collect(),
+                own: *own,
+            })
+        })
+        .collect();
+    let vouched = vouch(&links);
+    assert_eq!(vouched.len(), links.len());
+    for (l, v) in links.iter().zip(vouched) {
+        assert!(!v || matches!(l.own, Own::Vouched(_)), "only a vouched change is vouched for");
     }
 }

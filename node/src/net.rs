@@ -1,5 +1,5 @@
 //! The net actor: the sole owner of the libp2p Swarm (TCP, noise, yamux; identify; ping;
-//! gossipsub for pushing changes; `/kervan/sync/3` for anti-entropy; an allow list that
+//! gossipsub for pushing changes; `/kervan/sync/4` for anti-entropy; an allow list that
 //! refuses every connection from a device the federation document does not register).
 //!
 //! It turns the replica's verdicts into gossipsub validation results: an accepted change is
@@ -74,7 +74,7 @@ struct Behaviour {
     ping: ping::Behaviour,
 }
 
-/// The codec of `/kervan/sync/3`: libp2p's cbor codec with the protocol's size limits, except
+/// The codec of `/kervan/sync/4`: libp2p's cbor codec with the protocol's size limits, except
 /// that a message whose bytes arrived but do not decode is always `InvalidData`, an offence.
 /// The cbor codec reports what `Request`'s and `Response`'s own checks refuse (a packed run
 /// that does not unpack or inflates past its limit, a run without its prefix, a delta out of

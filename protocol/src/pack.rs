@@ -108,6 +108,16 @@ pub fn change_hash(change: &[u8]) -> [u8; HASH] {
 
 /// The actor named by a change's header, if the bytes read as a change chunk that far.
 pub fn change_actor(change: &[u8]) -> Option<&[u8]> {
+    actor_cursor(change).map(|(a, _)| a)
+}
+
+/// The actor and seq named by a change's header, if the bytes read as a change chunk that far.
+pub fn change_actor_seq(change: &[u8]) -> Option<(&[u8], u64)> {
+    let (actor, mut rest) = actor_cursor(change)?;
+    Some((actor, rest.uleb().ok()?))
+}
+
+fn actor_cursor(change: &[u8]) -> Option<(&[u8], Cursor<'_>)> {
     let mut r = Cursor(change.get(8..)?);
     if r.take(1).ok()? != [CHANGE] {
         return None;
@@ -116,7 +126,8 @@ pub fn change_actor(change: &[u8]) -> Option<&[u8]> {
     let ndeps = usize::try_from(r.uleb().ok()?).ok()?;
     r.take(ndeps.checked_mul(HASH)?).ok()?;
     let n = usize::try_from(r.uleb().ok()?).ok()?;
-    r.take(n).ok()
+    let actor = r.take(n).ok()?;
+    Some((actor, r))
 }
 
 /// A change chunk's parts, as its header lays them out.

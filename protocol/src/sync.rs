@@ -704,36 +704,14 @@ impl Serialize for RunOut<'_> {
             return s.collect_seq(std::iter::once(doc).chain(whole).map(bytes));
         }
         let envs: Vec<&SignedChange> = items.iter().filter_map(|i| i.as_ref().ok()).collect();
-        // Per actor, the signature of its newest signed change in the run: it vouches for the
-        // actor's changes before it, so the others' signatures need not travel. The receiver
-        // takes a change without one as vouched for by the next change of its actor that has
-        // one; so a signed change right after changes this node holds as vouched carries its
-        // signature too (an actor that equivocated has two branches, and a run with evidence
-        // may hold both: the next signed change is then the one on the same branch).
-        let mut carried = vec![false; envs.len()];
-        let mut actors: Vec<(&[u8], bool)> = Vec::new();
-        for (i, env) in envs.iter().enumerate() {
-            let actor = crate::pack::change_actor(&env.change).unwrap_or_default();
-            let signed = env.signature().is_some();
-            match actors.iter_mut().find(|(a, _)| *a == actor) {
-                Some((_, last_signed)) => {
-                    carried[i] = signed && !*last_signed;
-                    *last_signed = signed;
-                }
-                None => actors.push((actor, signed)),
-            }
-        }
-        let mut newest: Vec<&[u8]> = Vec::new();
-        for (i, env) in envs.iter().enumerate().rev() {
-            if env.signature().is_none() {
-                continue;
-            }
-            let actor = crate::pack::change_actor(&env.change).unwrap_or_default();
-            if !newest.contains(&actor) {
-                newest.push(actor);
-                carried[i] = true;
-            }
-        }
+        let facts: Vec<Fact<'_>> = envs
+            .iter()
+            .map(|env| {
+                let (actor, seq) = crate::pack::change_actor_seq(&env.change).unzip();
+                (actor, seq, env.signature().is_some())
+            })
+            .collect();
+        let carried = carried(&facts);
         let packed_items: Vec<crate::pack::Item<'_>> = envs
             .iter()
             .zip(&carried)
@@ -747,21 +725,78 @@ impl Serialize for RunOut<'_> {
     }
 }
 
+/// A change of a run as [`carried`] sees it: its actor and seq (where its header reads), and
+/// whether a signature of it is at hand.
+type Fact<'a> = (Option<&'a [u8]>, Option<u64>, bool);
+
+/// Which signatures of a run travel, given each change's actor, seq and whether this node
+/// holds a signature of it. The receiver takes a change without one as vouched for by the
+/// next change of its actor in the run that has one, so an actor's signed change carries its
+/// signature where it is the actor's newest signed change in the run; where the change before
+/// it of the same actor travels without (the actor's changes before it need a voucher, and a
+/// change held as vouched has none of its own); and where the next change of the actor does
+/// not have a higher seq, so is on another branch of a fork (a run lists each branch of an
+/// actor in one stretch: evidence, then what is wanted).
+fn carried(items: &[Fact<'_>]) -> Vec<bool> {
+    let mut out = vec![false; items.len()];
+    // Per actor: the previous change's index.
+    let mut last: Vec<(Option<&[u8]>, usize)> = Vec::new();
+    for (i, (actor, _, _)) in items.iter().enumerate() {
+        let prev = match last.iter_mut().find(|(a, _)| a == actor) {
+            Some((_, p)) => Some(std::mem::replace(p, i)),
+            None => {
+                last.push((*actor, i));
+                None
+            }
+        };
+        if let Some(p) = prev {
+            let (_, seq, signed) = items[i];
+            let (_, prev_seq, prev_signed) = items[p];
+            if prev_signed && seq.zip(prev_seq).is_none_or(|(s, ps)| s <= ps) {
+                out[p] = true;
+            }
+            if signed && !prev_signed {
+                out[i] = true;
+            }
+        }
+    }
+    let mut newest: Vec<Option<&[u8]>> = Vec::new();
+    for (i, (actor, _, signed)) in items.iter().enumerate().rev() {
+        if *signed && !newest.contains(actor) {
+            newest.push(*actor);
+            out[i] = true;
+        }
+    }
+    out
+}
+
 fn envelopes_in<E: de::Error>(runs: Vec<Vec<serde_bytes::ByteBuf>>) -> Result<Vec<Vec<u8>>, E> {
     let mut out = Vec::new();
     // What a page's runs may inflate to, and rebuild, all together: no more than a page may
     // weigh on the wire before packing.
     let mut budget = MAX_UNPACKED_BYTES;
+    // A page has one form: what decodes as an envelope is packed, and a document's envelopes
+    // in a row are one run (so which signatures travel is the encoder's one choice).
+    let mut last_doc: Option<Vec<u8>> = None;
     for run in runs {
         let mut run = run.into_iter();
         let doc = run
             .next()
             .ok_or_else(|| E::custom("a run of envelopes without its document"))?;
+        if last_doc.as_deref() == Some(doc.as_slice()) {
+            return Err(E::custom("two runs of one document in a row"));
+        }
+        last_doc = Some(doc.to_vec());
         // How many changes a page may hold is the net actor's to judge (a page over
         // MAX_PAGE_CHANGES bans its sender); the codec's byte limit and the unpacking budget
         // bound what is read here.
         if doc.is_empty() {
-            out.extend(run.map(serde_bytes::ByteBuf::into_vec));
+            for e in run {
+                if SignedChange::decode(&e, usize::MAX).is_ok() {
+                    return Err(E::custom("an envelope sent whole instead of packed"));
+                }
+                out.push(e.into_vec());
+            }
             continue;
         }
         let doc = std::str::from_utf8(&doc)
@@ -775,6 +810,19 @@ fn envelopes_in<E: de::Error>(runs: Vec<Vec<serde_bytes::ByteBuf>>) -> Result<Ve
         };
         let changes = crate::pack::unpack(&packed, &sigs, budget).map_err(E::custom)?;
         budget = budget.saturating_sub(changes.iter().map(|c| c.change.len()).sum());
+        // The signatures are those the encoder carries ([`carried`]), so a page has one form.
+        let facts: Vec<Fact<'_>> = changes
+            .iter()
+            .map(|c| {
+                let seq = crate::pack::change_actor_seq(&c.change).map(|(_, s)| s);
+                (c.actor.as_deref(), seq, c.sig.is_some())
+            })
+            .collect();
+        if carried(&facts).iter().zip(&facts).any(|(c, f)| *c != f.2) {
+            return Err(E::custom(
+                "a run carries a signature its encoding leaves out",
+            ));
+        }
         // Each change without a signature is vouched for by the next change of its actor in
         // the run that has one; with none, it names no voucher and proves nothing.
         let mut next_signed: Vec<(Option<Vec<u8>>, Hash)> = Vec::new();
@@ -1023,6 +1071,80 @@ mod tests {
             "{} B on the wire for {whole} B of envelopes",
             wire.len()
         );
+    }
+
+    #[test]
+    fn each_branch_of_a_fork_keeps_the_signature_that_vouches_for_it() {
+        use automerge::transaction::Transactable as _;
+        let doc: DocId = "park/kz-astana-hub".parse().expect("doc");
+        let mut a = automerge::AutoCommit::new();
+        a.set_actor(automerge::ActorId::from([1u8; 40]));
+        let env = |d: &mut automerge::AutoCommit, k: &str, sig: u8| {
+            d.put(automerge::ROOT, k, "v").expect("put");
+            d.commit();
+            let c = d.get_last_local_change().expect("change");
+            SignedChange {
+                doc: doc.clone(),
+                change: c.raw_bytes().to_vec(),
+                proof: Proof::Signature([sig; 64]),
+            }
+        };
+        let base = env(&mut a, "base", 1);
+        let mut b = a.fork();
+        b.set_actor(automerge::ActorId::from([1u8; 40]));
+        // Two branches of one actor at seq 2 and 3, each listed in one stretch.
+        let a2 = env(&mut a, "a", 2);
+        let a3 = env(&mut a, "a3", 3);
+        let b2 = env(&mut b, "b", 4);
+        let b3 = env(&mut b, "b3", 5);
+        let run = [base, a2, a3.clone(), b2, b3.clone()];
+        let page = Response::Changes {
+            changes: run.iter().map(SignedChange::encode).collect(),
+            more: false,
+            peers: Vec::new(),
+        };
+        let wire = serde_json::to_vec(&page).expect("encodes");
+        let Response::Changes { changes, .. } = serde_json::from_slice(&wire).expect("decodes")
+        else {
+            panic!("a page");
+        };
+        let proofs: Vec<Proof> = changes
+            .iter()
+            .map(|e| SignedChange::decode(e, usize::MAX).expect("envelope").proof)
+            .collect();
+        let hash = |e: &SignedChange| Hash(crate::pack::change_hash(&e.change));
+        // Branch a's head vouches for the base and a2; branch b's head for b2.
+        assert_eq!(
+            proofs,
+            vec![
+                Proof::Vouched(hash(&a3)),
+                Proof::Vouched(hash(&a3)),
+                a3.proof,
+                Proof::Vouched(hash(&b3)),
+                b3.proof
+            ]
+        );
+        // Sent again as the receiver holds it, the page is the same.
+        let again = Response::Changes {
+            changes: changes.clone(),
+            more: false,
+            peers: Vec::new(),
+        };
+        assert_eq!(serde_json::to_vec(&again).expect("encodes"), wire);
+        // A run that carries a signature the encoder leaves out is refused.
+        let mut v: serde_json::Value = serde_json::from_slice(&wire).expect("json");
+        let all = run
+            .iter()
+            .map(|e| crate::pack::Item {
+                change: &e.change,
+                sig: e.signature(),
+            })
+            .collect::<Vec<_>>();
+        let (packed, sigs) = crate::pack::pack(&all);
+        v[1][0][1] = serde_json::json!(packed);
+        v[1][0][2] = serde_json::json!(sigs);
+        let err = serde_json::from_value::<Response>(v).expect_err("refused");
+        assert!(err.to_string().contains("leaves out"), "{err}");
     }
 
     #[test]

@@ -36,59 +36,6 @@ impl Serialize for PackedPage {
     }
 }
 
-/// A page of the given envelopes in which every signature travels, as no honest encoder
-/// writes it (an honest one sends one per actor and run): each envelope in a run of its own,
-/// so a forged signature reaches the receiver as it is. Vouched envelopes travel without a
-/// voucher; envelopes that do not decode travel whole.
-#[derive(Debug, Clone)]
-pub struct EverySignature(pub Vec<Vec<u8>>);
-
-impl Serialize for EverySignature {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let runs: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = self
-            .0
-            .iter()
-            .map(|e| match SignedChange::decode(e, usize::MAX) {
-                Ok(env) => {
-                    let (packed, sigs) =
-                        kervan_protocol::pack::pack(&[kervan_protocol::pack::Item {
-                            change: &env.change,
-                            sig: env.signature(),
-                        }]);
-                    (env.doc.to_string().into_bytes(), packed, sigs)
-                }
-                Err(_) => (Vec::new(), e.clone(), Vec::new()),
-            })
-            .collect();
-        let runs: Vec<Vec<&serde_bytes::Bytes>> = runs
-            .iter()
-            .map(|(doc, packed, sigs)| {
-                if doc.is_empty() {
-                    vec![
-                        serde_bytes::Bytes::new(doc),
-                        serde_bytes::Bytes::new(packed),
-                    ]
-                } else {
-                    [doc, packed, sigs]
-                        .into_iter()
-                        .map(|b| serde_bytes::Bytes::new(b))
-                        .collect()
-                }
-            })
-            .collect();
-        (1u8, runs, false, Vec::<()>::new()).serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for EverySignature {
-    /// Only ever sent.
-    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom(
-            "a page of every signature is only written",
-        ))
-    }
-}
-
 impl<'de> Deserialize<'de> for PackedPage {
     /// Only ever sent: a hostile peer sends no requests, so it reads no answers.
     fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
@@ -106,9 +53,15 @@ pub struct HostilePeer {
 
 impl HostilePeer {
     /// Dials `targets` with `secret` (a member's device key) and serves `envelopes` to every
-    /// pull it receives, each with its own signature ([`EverySignature`]).
+    /// pull it receives. Pages carry one signature per actor and run: a forged signature
+    /// reaches the receiver where it is an actor's newest change in the page.
     pub async fn start(secret: [u8; 32], targets: Vec<Multiaddr>, envelopes: Vec<Vec<u8>>) -> Self {
-        Self::answering_raw(secret, targets, EverySignature(envelopes)).await
+        let answer = Response::Changes {
+            changes: envelopes,
+            more: false,
+            peers: Vec::new(),
+        };
+        Self::answering(secret, targets, answer).await
     }
 
     /// Dials `targets` with `secret` and gives `answer` to every pull it receives, whatever

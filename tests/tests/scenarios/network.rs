@@ -460,7 +460,8 @@ fn equivocating_pair(net: &TestNet, who: usize) -> (Vec<u8>, Vec<u8>) {
     (a.sign(&mut c1), b.sign(&mut c2))
 }
 
-/// Changes signed by park `writer` into park `victim`'s ledger, half with broken signatures.
+/// Changes signed by park `writer` into park `victim`'s ledger, half with broken signatures,
+/// each by an actor of its own.
 fn forged(net: &TestNet, victim: usize, writer: usize, n: usize) -> Vec<Vec<u8>> {
     let ledger = DocId::Ledger(net.fed.parks[victim].id.clone());
     let key = net.fed.parks[writer].key();
@@ -476,9 +477,12 @@ fn forged(net: &TestNet, victim: usize, writer: usize, n: usize) -> Vec<Vec<u8>>
         },
         federation,
     };
-    f.doc.set_actor(f.actor.to_automerge());
     let mut out = Vec::new();
     for i in 0..n {
+        // Each change as an actor of its own (the key under another epoch), so each is its
+        // actor's newest in a page and its signature, forged or not, travels.
+        f.actor.epoch = [7, i as u8, 0, 0, 0, 0, 0, 0];
+        f.doc.set_actor(f.actor.to_automerge());
         let mut c = f.change(|d| {
             use automerge::transaction::Transactable;
             let s = d
