@@ -21,7 +21,6 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 use crate::ids::{Actor, DocId, FederationId, Hash};
-use sha2::{Digest, Sha256};
 
 /// The domain separator of every change signature.
 pub const SIGNING_CONTEXT: &[u8] = b"kervan/change/v1";
@@ -330,51 +329,6 @@ fn actor_and_hash(change: &automerge::Change) -> Result<(Actor, Hash), VerifyErr
     Ok((actor, Hash::from(change.hash())))
 }
 
-/// The magic bytes that open every Automerge chunk.
-const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-
-/// Splits an encoded envelope for a sync page: what names its document (version, length and id),
-/// which a page sends once for a run of changes of one document, and the rest without what the
-/// receiver can rebuild — the change's length, and the change chunk's magic bytes and checksum
-/// (the first four bytes of the SHA-256 of what follows them, the change's hash). `None` if the
-/// bytes are not laid out as an envelope of a well-formed chunk: such an envelope travels whole.
-/// The third part is the change's hash, computed on the way.
-pub fn split_wire(bytes: &[u8]) -> Option<(&[u8], &[u8], [u8; 32])> {
-    let doc_len = usize::from(*bytes.get(1)?);
-    let prefix = bytes.get(..2 + doc_len)?;
-    let len = bytes.get(2 + doc_len..6 + doc_len)?;
-    let change_len = u32::from_be_bytes(len.try_into().ok()?) as usize;
-    let body = bytes.get(6 + doc_len..)?;
-    if body.len() != change_len.checked_add(64)? || change_len < 8 {
-        return None;
-    }
-    let (head, rest) = body.split_at(8);
-    let chunk = &rest[..change_len - 8];
-    let sum: [u8; 32] = Sha256::digest(chunk).into();
-    (head[..4] == CHUNK_MAGIC && head[4..] == sum[..4]).then_some((prefix, rest, sum))
-}
-
-/// The envelope [`split_wire`] split: `None` if the body is shorter than a signature.
-pub fn join_wire(prefix: &[u8], body: &[u8]) -> Option<Vec<u8>> {
-    let chunk = body.get(..body.len().checked_sub(64)?)?;
-    join_wire_hashed(prefix, body, &Sha256::digest(chunk).into())
-}
-
-/// [`join_wire`] for a caller that already knows the change's hash (`hash` must be the SHA-256
-/// of the body without its signature: it gives the checksum).
-pub fn join_wire_hashed(prefix: &[u8], body: &[u8], hash: &[u8; 32]) -> Option<Vec<u8>> {
-    let chunk = body.get(..body.len().checked_sub(64)?)?;
-    let change_len = u32::try_from(chunk.len().checked_add(8)?).ok()?;
-    let sum = hash;
-    let mut out = Vec::with_capacity(prefix.len() + 12 + body.len());
-    out.extend_from_slice(prefix);
-    out.extend_from_slice(&change_len.to_be_bytes());
-    out.extend_from_slice(&CHUNK_MAGIC);
-    out.extend_from_slice(&sum[..4]);
-    out.extend_from_slice(body);
-    Some(out)
-}
-
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -481,37 +435,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_wire_form_of_a_page_drops_what_the_receiver_rebuilds() {
-        use automerge::transaction::Transactable as _;
-        let mut d = automerge::AutoCommit::new();
-        d.put(automerge::ROOT, "name", "Qazaq Agro AI")
-            .expect("put");
-        d.commit();
-        let change = d
-            .get_last_local_change()
-            .expect("change")
-            .raw_bytes()
-            .to_vec();
-        let env = SignedChange {
-            doc: "park/kz-astana-hub".parse().expect("doc"),
-            change: change.clone(),
-            proof: Proof::Signature([5; 64]),
+    fn a_vouched_envelope_round_trips_and_proves_nothing_alone() {
+        let k = key(3);
+        let mut change = fixed_change(&k);
+        let signed = SignedChange::sign(&federation(), DocId::Federation, &mut change, &k);
+        let voucher = Hash([9; 32]);
+        let vouched = SignedChange::vouched(DocId::Federation, signed.change.clone(), voucher);
+        let bytes = vouched.encode();
+        assert!(is_vouched(&bytes) && !is_vouched(&signed.encode()));
+        // The voucher's 32 bytes stand where the signature's 64 would.
+        assert_eq!(bytes.len() + 32, signed.encode().len());
+        let back = SignedChange::decode(&bytes, MAX).expect("decodes");
+        assert_eq!(back, vouched);
+        assert_eq!((back.vouched_by(), back.signature()), (Some(voucher), None));
+        assert_eq!(
+            back.verify(&federation()).err(),
+            Some(VerifyError::Vouched(voucher))
+        );
+        let parsed = back.parse().expect("parses");
+        let taken = SignedChange::vouched_parsed(parsed).expect("a 40-byte actor");
+        assert_eq!(taken.hash, Hash::from(change.hash()));
+        for cut in 0..bytes.len() {
+            assert!(SignedChange::decode(&bytes[..cut], MAX).is_err(), "{cut}");
         }
-        .encode();
-        let (prefix, body, hash) = split_wire(&env).expect("splits");
-        assert_eq!(join_wire_hashed(prefix, body, &hash).expect("joins"), env);
-        assert_eq!(prefix.len(), 2 + "park/kz-astana-hub".len());
-        // The change's length, the chunk's magic bytes and its checksum: 12 bytes.
-        assert_eq!(prefix.len() + body.len() + 12, env.len());
-        assert_eq!(join_wire(prefix, body).expect("joins"), env);
-        // A chunk whose checksum does not match is not split: it travels whole.
-        let mut bad = env.clone();
-        let at = 2 + "park/kz-astana-hub".len() + 4 + 4;
-        bad[at] ^= 1;
-        assert!(split_wire(&bad).is_none());
-        assert!(split_wire(&env[..env.len() - 1]).is_none());
-        assert!(split_wire(&[]).is_none());
-        assert!(join_wire(prefix, &body[..63]).is_none());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(
+            SignedChange::decode(&longer, MAX).err(),
+            Some(DecodeError::Trailing(1))
+        );
+        let mut other = bytes;
+        other[0] = 3;
+        assert_eq!(
+            SignedChange::decode(&other, MAX).err(),
+            Some(DecodeError::Version(3))
+        );
     }
     use automerge::transaction::{CommitOptions, Transactable};
 
