@@ -105,7 +105,8 @@ struct Session {
 
 /// Kervan's anti-entropy between two replicas in memory, as the net actor runs it: pull with
 /// the summary (as a delta against the agreed one when `session` holds one), ingest the page,
-/// pull again while `more`. Bytes are the messages as the node's cbor codec writes them.
+/// pull again while `more`. Bytes are the messages as the node's cbor codec writes them; the
+/// requester ingests each page as the codec reads it back.
 fn pull(
     src: &Replica<SledStore>,
     req: &mut Replica<SledStore>,
@@ -152,14 +153,20 @@ fn pull(
             break;
         }
         let (changes, more) = src.sync_page(&told, MAX_PAGE_BYTES)?;
-        cost.bytes += wire::response_bytes(Response::Changes {
-            changes: changes.clone(),
-            more,
-            peers: Vec::new(),
-        });
         if let Some(p) = pages.as_mut() {
             p.push(changes.clone());
         }
+        // What the requester ingests is what it decodes: vouched changes without their own
+        // signature, as over the network.
+        let (bytes, received) = wire::response_round_trip(Response::Changes {
+            changes,
+            more,
+            peers: Vec::new(),
+        })?;
+        cost.bytes += bytes;
+        let Response::Changes { changes, .. } = received else {
+            anyhow::bail!("a page decodes as another message");
+        };
         req.ingest(changes, "12D3KooWpeer")?;
         if !more {
             break;

@@ -44,6 +44,25 @@ pub(crate) fn response_bytes(resp: Response) -> usize {
     out.len()
 }
 
+/// A response as the node's cbor codec writes it and the receiver reads it back: its bytes and
+/// what the receiver holds (a page's changes as the receiver rebuilds them, vouched ones
+/// without their own signature).
+pub(crate) fn response_round_trip(resp: Response) -> anyhow::Result<(usize, Response)> {
+    let mut out: Vec<u8> = Vec::new();
+    let mut codec = SyncCodec::default();
+    codec
+        .write_response(&protocol(), &mut out, resp)
+        .now_or_never()
+        .expect("writing to memory does not wait")?;
+    let len = out.len();
+    let mut reader = libp2p::futures::io::Cursor::new(out);
+    let read = codec
+        .read_response(&protocol(), &mut reader)
+        .now_or_never()
+        .expect("reading from memory does not wait")?;
+    Ok((len, read))
+}
+
 /// Seconds the node's cbor codec takes to write a response and to read it back.
 pub(crate) fn response_codec_secs(resp: Response) -> anyhow::Result<(f64, f64)> {
     let mut out: Vec<u8> = Vec::new();
