@@ -654,7 +654,9 @@ fn bundle_seeds(
         anyhow::bail!("a page decodes as a page");
     };
     anyhow::ensure!(
-        changes.iter().any(|e| kervan_protocol::envelope::is_vouched(e)),
+        changes
+            .iter()
+            .any(|e| kervan_protocol::envelope::is_vouched(e)),
         "a page of the fixture holds vouched changes"
     );
     corpus.add(

@@ -194,6 +194,7 @@ fn take(response: Response) {
                 hash: Hash::from(change.hash()),
                 actor: Actor::from_bytes(change.actor_id().to_bytes())?,
                 deps: change.deps().iter().map(|d| Hash::from(*d)).collect(),
+                start_op: change.start_op().get(),
                 own: *own,
             })
         })
@@ -201,6 +202,9 @@ fn take(response: Response) {
     let vouched = vouch(&links);
     assert_eq!(vouched.len(), links.len());
     for (l, v) in links.iter().zip(vouched) {
-        assert!(!v || matches!(l.own, Own::Vouched(_)), "only a vouched change is vouched for");
+        assert!(
+            !v || matches!(l.own, Own::Vouched(_)),
+            "only a vouched change is vouched for"
+        );
     }
 }

@@ -350,6 +350,7 @@ fn link_of(p: &Prepared) -> Option<Link<'_>> {
         hash: *hash,
         actor,
         deps: change.deps().iter().map(|d| Hash::from(*d)).collect(),
+        start_op: change.start_op().get(),
         own,
     })
 }

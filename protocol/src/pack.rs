@@ -520,7 +520,7 @@ fn item_in(
     }
     let ncols = h.len()?;
     uleb(&mut body, ncols as u64);
-    let mut parts = Vec::with_capacity(ncols);
+    let mut parts = Vec::new();
     for _ in 0..ncols {
         let spec = h.uleb()?;
         // Bounded by the column it is taken from, and by the room left.

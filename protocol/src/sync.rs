@@ -43,7 +43,7 @@
 //! peers    = [* [peer: tstr, [* addr: tstr]]]
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -739,17 +739,11 @@ type Fact<'a> = (Option<&'a [u8]>, Option<u64>, bool);
 /// actor in one stretch: evidence, then what is wanted).
 fn carried(items: &[Fact<'_>]) -> Vec<bool> {
     let mut out = vec![false; items.len()];
-    // Per actor: the previous change's index.
-    let mut last: Vec<(Option<&[u8]>, usize)> = Vec::new();
+    // Per actor: the previous change's index. Maps, not lists: a hostile page may hold a
+    // different actor in every change.
+    let mut last: HashMap<Option<&[u8]>, usize> = HashMap::new();
     for (i, (actor, _, _)) in items.iter().enumerate() {
-        let prev = match last.iter_mut().find(|(a, _)| a == actor) {
-            Some((_, p)) => Some(std::mem::replace(p, i)),
-            None => {
-                last.push((*actor, i));
-                None
-            }
-        };
-        if let Some(p) = prev {
+        if let Some(p) = last.insert(*actor, i) {
             let (_, seq, signed) = items[i];
             let (_, prev_seq, prev_signed) = items[p];
             if prev_signed && seq.zip(prev_seq).is_none_or(|(s, ps)| s <= ps) {
@@ -760,10 +754,9 @@ fn carried(items: &[Fact<'_>]) -> Vec<bool> {
             }
         }
     }
-    let mut newest: Vec<Option<&[u8]>> = Vec::new();
+    let mut newest: HashSet<Option<&[u8]>> = HashSet::new();
     for (i, (actor, _, signed)) in items.iter().enumerate().rev() {
-        if *signed && !newest.contains(actor) {
-            newest.push(*actor);
+        if *signed && newest.insert(*actor) {
             out[i] = true;
         }
     }
@@ -825,15 +818,12 @@ fn envelopes_in<E: de::Error>(runs: Vec<Vec<serde_bytes::ByteBuf>>) -> Result<Ve
         }
         // Each change without a signature is vouched for by the next change of its actor in
         // the run that has one; with none, it names no voucher and proves nothing.
-        let mut next_signed: Vec<(Option<Vec<u8>>, Hash)> = Vec::new();
+        let mut next_signed: HashMap<Option<&[u8]>, Hash> = HashMap::new();
         let mut vouchers = vec![Hash([0; 32]); changes.len()];
         for (i, c) in changes.iter().enumerate().rev() {
             if c.sig.is_some() {
-                match next_signed.iter_mut().find(|(a, _)| *a == c.actor) {
-                    Some(entry) => entry.1 = Hash(c.hash),
-                    None => next_signed.push((c.actor.clone(), Hash(c.hash))),
-                }
-            } else if let Some((_, h)) = next_signed.iter().find(|(a, _)| *a == c.actor) {
+                next_signed.insert(c.actor.as_deref(), Hash(c.hash));
+            } else if let Some(h) = next_signed.get(&c.actor.as_deref()) {
                 vouchers[i] = *h;
             }
         }
