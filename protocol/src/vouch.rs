@@ -7,10 +7,10 @@
 //! dependencies within the batch. Every hash on that path is recomputed from the bytes the
 //! batch holds, so the chain proves exactly those bytes.
 //!
-//! The walk from each voucher stops once it has reached every change that names it, and does
-//! not go below the lowest start op among them: a change's ops are numbered above every op of
-//! its dependencies, so a path from a voucher down to a change it vouches for only passes
-//! through changes that start higher. So an honest page costs about one walk over the page per
+//! The walk from each voucher does not go below the lowest start op among the changes that
+//! name it: a change's ops are numbered above every op of its dependencies, so a path from a
+//! voucher down to a change it vouches for only passes through changes that start higher. So
+//! an honest page costs about one walk over the page per
 //! actor, and a whole store judged in one batch (a restore, a rebuild, an import, an audit)
 //! about one walk over each page it came in, not over the history beneath it. The walks are
 //! also bounded in all: a batch costs at most [`STEPS_PER_CHANGE`] steps per change, whatever a
@@ -71,26 +71,14 @@ pub fn vouch(links: &[Link<'_>]) -> Vec<bool> {
     // In batch order, so which groups a spent budget leaves out does not depend on hashing.
     order.sort_unstable();
     let mut seen = vec![u32::MAX; links.len()];
-    // Which walk each vouched change waits for (it names one voucher, so is in one group).
-    let mut wanted = vec![u32::MAX; links.len()];
     'walks: for (walk, v) in order.into_iter().enumerate() {
         let walk = walk as u32;
+        // A vouched change is never its own voucher: a voucher is signed, it is not.
         let group = &groups[&v];
-        let mut left = 0usize;
-        let mut floor = u64::MAX;
-        for &i in group {
-            if i != v && wanted[i] != walk {
-                wanted[i] = walk;
-                left += 1;
-                floor = floor.min(links[i].start_op);
-            }
-        }
+        let floor = group.iter().map(|&i| links[i].start_op).min().unwrap_or(0);
         let mut stack = vec![v];
         seen[v] = walk;
         while let Some(i) = stack.pop() {
-            if left == 0 {
-                break;
-            }
             for dep in &links[i].deps {
                 if steps == 0 {
                     break 'walks;
@@ -101,15 +89,12 @@ pub fn vouch(links: &[Link<'_>]) -> Vec<bool> {
                     && links[j].start_op >= floor
                 {
                     seen[j] = walk;
-                    if wanted[j] == walk {
-                        left -= 1;
-                    }
                     stack.push(j);
                 }
             }
         }
         for &i in group {
-            out[i] = seen[i] == walk && i != v;
+            out[i] = seen[i] == walk;
         }
     }
     out
@@ -191,6 +176,62 @@ mod tests {
     }
 
     #[test]
+    fn a_walk_does_not_descend_below_the_changes_it_looks_for() {
+        // Park B wrote a long history that A's pages merge, one new change of B per page: each
+        // voucher of A depends on A's own changes and on B's newest, whose past is all of B's
+        // history. The walk meets B's side first; B's ops are all numbered below A's changes
+        // in the page, so it goes no further than B's newest. Walking all of B's history from
+        // every voucher would spend the batch's budget long before the last page.
+        let d: DocId = "park/kz-astana-hub".parse().expect("doc");
+        let (history, pages, per_page) = (20_000u32, 1_000u32, 3u32);
+        // Every change starts its ops above all before it in the batch, so above its deps.
+        let mut links = Vec::new();
+        let link = |i: u32, who: u8, deps: Vec<u32>, own: Own| Link {
+            doc: &d,
+            hash: hash16(i),
+            actor: actor(who),
+            deps: deps.into_iter().map(hash16).collect(),
+            start_op: u64::from(i) * 14 + 1,
+            own,
+        };
+        for i in 0..history {
+            links.push(link(
+                i,
+                2,
+                i.checked_sub(1).into_iter().collect(),
+                Own::Signed,
+            ));
+        }
+        let mut next = history;
+        let mut b_newest = history - 1;
+        let mut a_last: Option<u32> = None;
+        for _ in 0..pages {
+            // B's next change, on its own history only (B has not seen A).
+            let b = next;
+            links.push(link(b, 2, vec![b_newest], Own::Signed));
+            b_newest = b;
+            let voucher = b + per_page + 1;
+            for i in b + 1..voucher {
+                let deps = a_last.into_iter().collect();
+                links.push(link(i, 1, deps, Own::Vouched(hash16(voucher))));
+                a_last = Some(i);
+            }
+            // The voucher names A's last change first, so the walk takes B's side first.
+            let last = a_last.expect("a page has A's changes");
+            links.push(link(voucher, 1, vec![last, b], Own::Signed));
+            a_last = Some(voucher);
+            next = voucher + 1;
+        }
+        let got = vouch(&links);
+        let refused = links
+            .iter()
+            .zip(&got)
+            .filter(|(l, ok)| matches!(l.own, Own::Vouched(_)) && !**ok)
+            .count();
+        assert_eq!(refused, 0);
+    }
+
+    #[test]
     fn a_signed_head_vouches_for_its_actors_changes_in_its_past() {
         let d: DocId = "park/kz-astana-hub".parse().expect("doc");
         // 1 <- 2 <- 3 (actor 1), 4 by actor 2 on 3, 5 by actor 1 on 4 and signed; 6 by actor 1
@@ -232,9 +273,8 @@ mod tests {
         let d: DocId = "park/kz-astana-hub".parse().expect("doc");
         // A chain of n changes of one actor, each naming the last as its voucher: one walk of n
         // steps. Then every other change names its own signed voucher at the mirrored place,
-        // and every start op is the same, so nothing bounds a walk but the change it looks
-        // for: half the walks look below their voucher and go to the bottom, and the budget
-        // stops them before the last of the others.
+        // and every start op is the same, so nothing prunes a walk: each goes to the bottom of
+        // the chain, and the budget stops them before the last.
         let n = 4_000u16;
         let hash = |i: u16| {
             let mut b = [0u8; 32];

@@ -32,53 +32,45 @@ pub(crate) fn request_bytes(req: Request) -> usize {
     out.len()
 }
 
-/// Bytes of a response as the node's cbor codec writes it.
-pub(crate) fn response_bytes(resp: Response) -> usize {
+/// A response as the node's cbor codec writes it.
+fn write_response(resp: Response) -> anyhow::Result<Vec<u8>> {
     let mut out: Vec<u8> = Vec::new();
-    let mut codec = SyncCodec::default();
-    codec
+    SyncCodec::default()
         .write_response(&protocol(), &mut out, resp)
         .now_or_never()
-        .expect("writing to memory does not wait")
-        .expect("a response encodes");
-    out.len()
+        .expect("writing to memory does not wait")?;
+    Ok(out)
+}
+
+/// A response as the node's cbor codec reads it.
+fn read_response(bytes: Vec<u8>) -> anyhow::Result<Response> {
+    let mut reader = libp2p::futures::io::Cursor::new(bytes);
+    Ok(SyncCodec::default()
+        .read_response(&protocol(), &mut reader)
+        .now_or_never()
+        .expect("reading from memory does not wait")?)
+}
+
+/// Bytes of a response as the node's cbor codec writes it.
+pub(crate) fn response_bytes(resp: Response) -> usize {
+    write_response(resp).expect("a response encodes").len()
 }
 
 /// A response as the node's cbor codec writes it and the receiver reads it back: its bytes and
 /// what the receiver holds (a page's changes as the receiver rebuilds them, vouched ones
 /// without their own signature).
 pub(crate) fn response_round_trip(resp: Response) -> anyhow::Result<(usize, Response)> {
-    let mut out: Vec<u8> = Vec::new();
-    let mut codec = SyncCodec::default();
-    codec
-        .write_response(&protocol(), &mut out, resp)
-        .now_or_never()
-        .expect("writing to memory does not wait")?;
-    let len = out.len();
-    let mut reader = libp2p::futures::io::Cursor::new(out);
-    let read = codec
-        .read_response(&protocol(), &mut reader)
-        .now_or_never()
-        .expect("reading from memory does not wait")?;
-    Ok((len, read))
+    let out = write_response(resp)?;
+    Ok((out.len(), read_response(out)?))
 }
 
 /// Seconds the node's cbor codec takes to write a response and to read it back.
 pub(crate) fn response_codec_secs(resp: Response) -> anyhow::Result<(f64, f64)> {
-    let mut out: Vec<u8> = Vec::new();
-    let mut codec = SyncCodec::default();
     let started = std::time::Instant::now();
-    codec
-        .write_response(&protocol(), &mut out, resp)
-        .now_or_never()
-        .expect("writing to memory does not wait")?;
+    let out = write_response(resp)?;
     let write = started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
-    let mut reader = libp2p::futures::io::Cursor::new(out);
-    codec
-        .read_response(&protocol(), &mut reader)
-        .now_or_never()
-        .expect("reading from memory does not wait")?;
+    read_response(out)?;
     Ok((write, started.elapsed().as_secs_f64()))
 }
 
