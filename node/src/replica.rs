@@ -1822,6 +1822,13 @@ impl<S: Store> Replica<S> {
         // Where the page may end: each actor's last change so far has its own signature.
         let mut cut = (page.len(), bytes, 0);
         let mut unsigned: HashSet<(&DocId, Actor)> = HashSet::new();
+        // The last wanted change of each actor: where one held as vouched by a voucher that is
+        // no longer accepted (excluded by a fork found later), the voucher follows it.
+        let last: HashMap<(&DocId, Actor), usize> = wanted
+            .iter()
+            .enumerate()
+            .map(|(i, (doc, _, _, actor))| ((*doc, *actor), i))
+            .collect();
         for (i, (doc, _, hash, actor)) in wanted.iter().enumerate() {
             let full = bytes >= max_bytes || page.len() >= MAX_PAGE_CHANGES;
             if full && unsigned.is_empty() {
@@ -1839,6 +1846,16 @@ impl<S: Store> Replica<S> {
                 page.truncate(cut.0);
                 return Ok((page, cut.2 < wanted.len()));
             }
+            let stranded = SignedChange::decode(&env, usize::MAX)
+                .ok()
+                .and_then(|e| e.vouched_by())
+                .filter(|by| {
+                    last[&(*doc, *actor)] == i
+                        && !self
+                            .docs
+                            .get(*doc)
+                            .is_some_and(|d| d.accepted.contains_key(by))
+                });
             if kervan_protocol::envelope::is_vouched(&env) {
                 unsigned.insert((doc, *actor));
             } else {
@@ -1846,12 +1863,20 @@ impl<S: Store> Replica<S> {
             }
             bytes += env.len();
             page.push(env);
+            if let Some(voucher) = stranded {
+                for (_, env) in self.chain_from(doc, voucher)? {
+                    bytes += env.len();
+                    page.push(env);
+                }
+                unsigned.remove(&(*doc, *actor));
+            }
             if unsigned.is_empty() {
                 cut = (page.len(), bytes, i + 1);
             }
         }
         if !unsigned.is_empty() {
-            // Cannot happen while every vouched change's voucher is accepted: it is wanted too.
+            // Cannot happen while every vouched change's voucher is stored: an accepted one is
+            // wanted too, another travels after the actor's last wanted change.
             tracing::warn!("vouched changes without a signed change after them: left out");
             page.truncate(cut.0);
             return Ok((page, false));
@@ -1867,6 +1892,7 @@ impl<S: Store> Replica<S> {
         for (doc, d) in &self.docs {
             let mut skipped = Vec::new();
             let mut needed: Vec<(&CausalInfo, &CausalInfo)> = Vec::new();
+            let mut stranded: Vec<Hash> = Vec::new();
             for hash in &d.order {
                 let Some(env) = self.store.change(doc, hash)? else {
                     continue;
@@ -1882,10 +1908,14 @@ impl<S: Store> Replica<S> {
                         continue;
                     }
                 }
-                if let Some(by) = decoded.and_then(|e| e.vouched_by())
-                    && let (Some(x), Some(v)) = (d.accepted.get(hash), d.accepted.get(&by))
-                {
-                    needed.push((x, v));
+                if let Some(by) = decoded.and_then(|e| e.vouched_by()) {
+                    match (d.accepted.get(hash), d.accepted.get(&by)) {
+                        (Some(x), Some(v)) => needed.push((x, v)),
+                        // A voucher excluded after it vouched (a fork found later) is not
+                        // exported as accepted: it travels with what it vouched for.
+                        (_, None) => stranded.push(by),
+                        _ => {}
+                    }
                 }
                 entries.push(env);
             }
@@ -1900,6 +1930,20 @@ impl<S: Store> Replica<S> {
             for (hash, env) in skipped {
                 if d.accepted.get(&hash).is_some_and(between) {
                     entries.push(env);
+                }
+            }
+            stranded.sort();
+            stranded.dedup();
+            let mut chained = HashSet::new();
+            for voucher in stranded {
+                if self.store.proof(doc, &voucher)?.is_some() {
+                    // Kept as proof, so exported below with the rest of the proofs.
+                    continue;
+                }
+                for (hash, env) in self.chain_from(doc, voucher)? {
+                    if chained.insert(hash) {
+                        entries.push(env);
+                    }
                 }
             }
         }

@@ -379,34 +379,7 @@ fn a_fork_at_a_vouched_change_travels_with_its_voucher() {
 
     // The fork: the same actor's seq 4 (the ledger's root is seq 1), built on seq 3.
     let doc = DocId::Ledger(fed.parks[0].id.clone());
-    let identity = fed.park(0).replica().identity().cloned().expect("identity");
-    let actor = identity.actor();
-    let mut base = automerge::AutoCommit::new();
-    let upto3: Vec<automerge::Change> = kervan_tests::entries(&fed.park(0).export())
-        .iter()
-        .map(|e| decoded(e))
-        .filter(|e| e.doc == doc)
-        .map(|e| e.parse().expect("parses"))
-        .filter(|c| c.seq() <= 3)
-        .collect();
-    base.apply_changes(upto3).expect("apply");
-    base.set_actor(actor.to_automerge());
-    let mut f = Forger {
-        doc: base,
-        doc_id: doc.clone(),
-        key: identity.key.clone(),
-        actor,
-        federation: fed.id,
-    };
-    let startups = f.obj(&["startups"]);
-    let mut fork = f.change(|d| {
-        let r = d
-            .put_object(&startups, "kz-astana-hub/fork", automerge::ObjType::Map)
-            .expect("put");
-        d.put(&r, "name", "The other branch").expect("put");
-    });
-    assert_eq!(fork.seq(), 4);
-    let fork = f.sign(&mut fork);
+    let fork = fork_of(&mut fed, 3);
     let held = fed.park(1).replica().store().changes().expect("changes");
     assert!(
         held.iter().any(|(_, _, e)| {
@@ -456,5 +429,117 @@ fn a_fork_at_a_vouched_change_travels_with_its_voucher() {
     assert_eq!(tashkent.1, 1);
     assert_eq!(at(&mut fed, 2), tashkent);
     let report = fed.park(2).replica().verify_all().expect("verify");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+}
+
+/// A change of Astana Hub's device at seq `after + 1` of its ledger, built on its changes up to
+/// seq `after`: the other branch of a fork when the device has already written that seq.
+fn fork_of(fed: &mut Federation, after: u64) -> Vec<u8> {
+    let doc = DocId::Ledger(fed.parks[0].id.clone());
+    let identity = fed.park(0).replica().identity().cloned().expect("identity");
+    let actor = identity.actor();
+    let mut base = automerge::AutoCommit::new();
+    let upto: Vec<automerge::Change> = kervan_tests::entries(&fed.park(0).export())
+        .iter()
+        .map(|e| decoded(e))
+        .filter(|e| e.doc == doc)
+        .map(|e| e.parse().expect("parses"))
+        .filter(|c| c.seq() <= after)
+        .collect();
+    base.apply_changes(upto).expect("apply");
+    base.set_actor(actor.to_automerge());
+    let mut f = Forger {
+        doc: base,
+        doc_id: doc,
+        key: identity.key.clone(),
+        actor,
+        federation: fed.id,
+    };
+    let startups = f.obj(&["startups"]);
+    let mut fork = f.change(|d| {
+        let r = d
+            .put_object(&startups, "kz-astana-hub/fork", automerge::ObjType::Map)
+            .expect("put");
+        d.put(&r, "name", "The other branch").expect("put");
+    });
+    assert_eq!(fork.seq(), after + 1);
+    f.sign(&mut fork)
+}
+
+/// Tashkent holds Astana Hub's seqs 2 and 3 as vouched for by seq 4, then learns that the
+/// device also wrote another seq 4: it freezes the actor from seq 4, so the voucher is
+/// excluded while the changes it vouched for stay accepted. Tashkent must still hand those on:
+/// Bishkek, which knew nothing of Astana Hub's ledger, catches up from Tashkent alone to the
+/// same ledger and evidence, and a bundle of Tashkent's brings the vouched changes, with their
+/// voucher, into a fresh replica.
+#[test]
+fn a_voucher_excluded_by_a_later_fork_still_vouches_for_what_it_covered() {
+    let mut fed = Federation::founding(3);
+    fed.exchange_all();
+    let mut sample = Sample::new(17);
+    write(fed.park(0), &mut sample, 3);
+    let page = page_for(&mut fed, 0, 1);
+    let reports = fed.park(1).replica().ingest(page, "peer").expect("ingest");
+    assert_eq!(rejections(&reports), Vec::<&str>::new());
+    let doc = DocId::Ledger(fed.parks[0].id.clone());
+    let seqs = |r: &Replica<SledStore>, vouched: bool| -> Vec<u64> {
+        let mut seqs: Vec<u64> = r
+            .store()
+            .changes()
+            .expect("changes")
+            .iter()
+            .filter(|(d, _, e)| *d == doc && kervan_protocol::envelope::is_vouched(e) == vouched)
+            .map(|(_, _, e)| decoded(e).parse().expect("parses").seq())
+            .collect();
+        seqs.sort();
+        seqs
+    };
+    assert_eq!(seqs(fed.park(1).replica(), true), vec![2, 3]);
+
+    let fork = fork_of(&mut fed, 3);
+    let reports = fed
+        .park(1)
+        .replica()
+        .ingest(vec![fork], "peer")
+        .expect("ingest");
+    assert_eq!(rejections(&reports), vec!["equivocation"]);
+    let ledger = |r: &Replica<SledStore>| -> Vec<(u64, Hash)> {
+        r.summary()
+            .into_iter()
+            .filter(|(d, ..)| *d == doc)
+            .map(|(_, _, seq, hash)| (seq, hash))
+            .collect()
+    };
+    let tashkent = ledger(fed.park(1).replica());
+    assert_eq!(tashkent.len(), 1);
+    assert_eq!(tashkent[0].0, 3, "the actor is frozen from seq 4");
+
+    // Bishkek knows Astana Hub's ledger only by its root: it pulls from Tashkent alone.
+    let fresh_start = fed.park(2).replica().sync_summary();
+    assert!(fresh_start.digest != fed.park(1).replica().sync_summary().digest);
+    for _ in 0..5 {
+        if fed.park(2).replica().digest() == fed.park(1).replica().digest() {
+            break;
+        }
+        let page = page_for(&mut fed, 1, 2);
+        let reports = fed.park(2).replica().ingest(page, "peer").expect("ingest");
+        assert!(!rejections(&reports).contains(&"unvouched"), "{reports:?}");
+    }
+    let bishkek = fed.park(2).replica();
+    assert_eq!(ledger(bishkek), tashkent);
+    assert_eq!(seqs(bishkek, true), vec![2, 3]);
+    assert_eq!(bishkek.store().evidence().expect("evidence").len(), 1);
+    let report = bishkek.verify_all().expect("verify");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+
+    let bundle = fed.park(1).export();
+    let mut fresh = fed.observer();
+    let reports = fresh.replica.import(&bundle, "import").expect("a bundle");
+    assert!(!rejections(&reports).contains(&"unvouched"), "{reports:?}");
+    assert_eq!(seqs(&fresh.replica, true), vec![2, 3]);
+    // A bundle carries accepted changes and what authenticates them, not the evidence of a
+    // fork: the fresh replica takes the voucher as the actor's seq 4 until it syncs.
+    assert_eq!(seqs(&fresh.replica, false), vec![1, 4]);
+    let report = fresh.replica.verify_all().expect("verify");
     assert!(report.failed.is_empty(), "{:?}", report.failed);
 }
