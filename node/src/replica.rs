@@ -1846,17 +1846,21 @@ impl<S: Store> Replica<S> {
                 page.truncate(cut.0);
                 return Ok((page, cut.2 < wanted.len()));
             }
-            let stranded = SignedChange::decode(&env, usize::MAX)
-                .ok()
-                .and_then(|e| e.vouched_by())
-                .filter(|by| {
-                    last[&(*doc, *actor)] == i
-                        && !self
+            let vouched = kervan_protocol::envelope::is_vouched(&env);
+            let stranded = if vouched && last[&(*doc, *actor)] == i {
+                SignedChange::decode(&env, usize::MAX)
+                    .ok()
+                    .and_then(|e| e.vouched_by())
+                    .filter(|by| {
+                        !self
                             .docs
                             .get(*doc)
                             .is_some_and(|d| d.accepted.contains_key(by))
-                });
-            if kervan_protocol::envelope::is_vouched(&env) {
+                    })
+            } else {
+                None
+            };
+            if vouched {
                 unsigned.insert((doc, *actor));
             } else {
                 unsigned.remove(&(*doc, *actor));
