@@ -412,13 +412,7 @@ fn a_fork_at_a_vouched_change_travels_with_its_voucher() {
         rejections(&reports).contains(&"equivocation"),
         "{reports:?}"
     );
-    let ledger = |r: &Replica<SledStore>| -> Vec<(u64, Hash)> {
-        r.summary()
-            .into_iter()
-            .filter(|(d, ..)| *d == doc)
-            .map(|(_, _, seq, hash)| (seq, hash))
-            .collect()
-    };
+    let ledger = |r: &Replica<SledStore>| heads(r, &doc);
     let at = |fed: &mut Federation, i: usize| {
         let r = fed.park(i).replica();
         (ledger(r), r.store().evidence().expect("evidence").len())
@@ -503,13 +497,7 @@ fn a_voucher_excluded_by_a_later_fork_still_vouches_for_what_it_covered() {
         .ingest(vec![fork], "peer")
         .expect("ingest");
     assert_eq!(rejections(&reports), vec!["equivocation"]);
-    let ledger = |r: &Replica<SledStore>| -> Vec<(u64, Hash)> {
-        r.summary()
-            .into_iter()
-            .filter(|(d, ..)| *d == doc)
-            .map(|(_, _, seq, hash)| (seq, hash))
-            .collect()
-    };
+    let ledger = |r: &Replica<SledStore>| heads(r, &doc);
     let tashkent = ledger(fed.park(1).replica());
     assert_eq!(tashkent.len(), 1);
     assert_eq!(tashkent[0].0, 3, "the actor is frozen from seq 4");
@@ -542,4 +530,13 @@ fn a_voucher_excluded_by_a_later_fork_still_vouches_for_what_it_covered() {
     assert_eq!(seqs(&fresh.replica, false), vec![1, 4]);
     let report = fresh.replica.verify_all().expect("verify");
     assert!(report.failed.is_empty(), "{:?}", report.failed);
+}
+
+/// The seq and hash of each head of `doc` in `r`'s summary.
+fn heads(r: &Replica<SledStore>, doc: &DocId) -> Vec<(u64, Hash)> {
+    r.summary()
+        .into_iter()
+        .filter(|(d, ..)| d == doc)
+        .map(|(_, _, seq, hash)| (seq, hash))
+        .collect()
 }
