@@ -1891,28 +1891,22 @@ impl<S: Store> Replica<S> {
     /// Every accepted change, federation document first, each document in causal order, and
     /// what authenticates the vouched ones among them: with `since`, the changes up to the
     /// voucher of each vouched change exported, however old; and the kept proofs.
-    pub fn export(&self, since: Option<i64>) -> Result<Bundle, ReplicaError> {
+    pub fn export<'a>(&'a self, since: Option<i64>) -> Result<Bundle, ReplicaError> {
         let mut entries = Vec::new();
         for (doc, d) in &self.docs {
+            // By place in the document's causal order, so that what is taken back below
+            // goes out in that order too.
+            let mut kept: Vec<(usize, Vec<u8>)> = Vec::new();
             let mut skipped = Vec::new();
             let mut needed: Vec<(&CausalInfo, &CausalInfo)> = Vec::new();
             let mut stranded: Vec<Hash> = Vec::new();
-            for hash in &d.order {
-                let Some(env) = self.store.change(doc, hash)? else {
-                    continue;
-                };
-                let decoded = SignedChange::decode(&env, usize::MAX).ok();
-                if let Some(since) = since {
-                    let time = decoded
-                        .as_ref()
-                        .and_then(|e| e.parse().ok())
-                        .map(|c| c.timestamp());
-                    if time.is_some_and(|t| t < since) {
-                        skipped.push((*hash, env));
-                        continue;
-                    }
-                }
-                if let Some(by) = decoded.and_then(|e| e.vouched_by()) {
+            // Notes what authenticates a vouched change that is exported: its voucher, and
+            // the changes between them.
+            let vouched = |hash: &Hash,
+                           by: Option<Hash>,
+                           needed: &mut Vec<(&'a CausalInfo, &'a CausalInfo)>,
+                           stranded: &mut Vec<Hash>| {
+                if let Some(by) = by {
                     match (d.accepted.get(hash), d.accepted.get(&by)) {
                         (Some(x), Some(v)) => needed.push((x, v)),
                         // A voucher excluded after it vouched (a fork found later) is not
@@ -1921,21 +1915,49 @@ impl<S: Store> Replica<S> {
                         _ => {}
                     }
                 }
-                entries.push(env);
+            };
+            for (i, hash) in d.order.iter().enumerate() {
+                let Some(env) = self.store.change(doc, hash)? else {
+                    continue;
+                };
+                let decoded = SignedChange::decode(&env, usize::MAX).ok();
+                let by = decoded.as_ref().and_then(SignedChange::vouched_by);
+                if let Some(since) = since {
+                    let time = decoded.and_then(|e| e.parse().ok()).map(|c| c.timestamp());
+                    if time.is_some_and(|t| t < since) {
+                        skipped.push((i, *hash, by, env));
+                        continue;
+                    }
+                }
+                vouched(hash, by, &mut needed, &mut stranded);
+                kept.push((i, env));
             }
             // A change left out by time is taken back if it lies between a vouched change
-            // exported and its voucher: after the one, in the causal past of the other.
-            let between = |c: &CausalInfo| {
-                needed.iter().any(|(x, v)| {
-                    c.clock.get(&x.actor).is_some_and(|s| *s >= x.seq)
-                        && v.clock.get(&c.actor).is_some_and(|s| *s >= c.seq)
-                })
-            };
-            for (hash, env) in skipped {
-                if d.accepted.get(&hash).is_some_and(between) {
-                    entries.push(env);
+            // exported and its voucher: after the one, in the causal past of the other. One
+            // taken back may itself be vouched, by a voucher left out too (a device's clock
+            // behind the others'): that voucher and what lies between them are taken back in
+            // the next round, until a round takes nothing.
+            let mut from = 0;
+            while from < needed.len() && !skipped.is_empty() {
+                let round = needed.len();
+                let between = |c: &CausalInfo| {
+                    needed[from..round].iter().any(|(x, v)| {
+                        c.clock.get(&x.actor).is_some_and(|s| *s >= x.seq)
+                            && v.clock.get(&c.actor).is_some_and(|s| *s >= c.seq)
+                    })
+                };
+                let (taken, left): (Vec<_>, Vec<_>) = skipped
+                    .into_iter()
+                    .partition(|(_, hash, ..)| d.accepted.get(hash).is_some_and(between));
+                skipped = left;
+                for (i, hash, by, env) in taken {
+                    vouched(&hash, by, &mut needed, &mut stranded);
+                    kept.push((i, env));
                 }
+                from = round;
             }
+            kept.sort_by_key(|(i, _)| *i);
+            entries.extend(kept.into_iter().map(|(_, env)| env));
             stranded.sort();
             stranded.dedup();
             let mut chained = HashSet::new();

@@ -540,3 +540,115 @@ fn heads(r: &Replica<SledStore>, doc: &DocId) -> Vec<(u64, Hash)> {
         .map(|(_, _, seq, hash)| (seq, hash))
         .collect()
 }
+
+/// An export `--since` leaves out what is older, but takes back an older change that lies
+/// between a vouched change it exports and its voucher, and with it what authenticates that
+/// change. A device whose clock runs behind (its changes dated a year ago) writes F0, then F1
+/// between two of Astana Hub's changes P1 and P2, then F2 beside P2. Tashkent catches up in
+/// one page, so it holds P1 vouched by P2 and F1 vouched by F2. Its bundle since an hour ago
+/// must carry F1, which P2 depends on, and F2, F1's voucher, though both are old; not F0,
+/// which Bishkek already holds. Bishkek imports it to Tashkent's ledger.
+#[test]
+fn an_export_since_carries_the_voucher_of_an_old_change_it_takes_back() {
+    let mut fed = Federation::founding(3);
+    fed.exchange_all();
+    let mut sample = Sample::new(23);
+    let doc = DocId::Ledger(fed.parks[0].id.clone());
+    let (key, id) = (fed.park(0).key(), fed.id);
+    let mut behind = Forger::new(fed.park(0), doc.clone(), key, id);
+    let startups = behind.obj(&["startups"]);
+    let dated = |f: &mut Forger, n: usize| {
+        let name = format!("kz-astana-hub/dated-{n}");
+        let mut change = f.change(|d| {
+            let r = d
+                .put_object(&startups, name.as_str(), automerge::ObjType::Map)
+                .expect("put");
+            d.put(&r, "name", "Dated a year ago").expect("put");
+        });
+        let envelope = f.sign(&mut change);
+        (change.hash(), envelope)
+    };
+    let accepted = |park: &mut Park, envelope: &[u8]| {
+        let reports = park
+            .replica()
+            .ingest(vec![envelope.to_vec()], "peer")
+            .expect("ingest");
+        assert_eq!(tally(&reports).get("accepted"), Some(&1), "{reports:?}");
+    };
+
+    // F0: old history every park holds.
+    let (f0, e0) = dated(&mut behind, 0);
+    for park in &mut fed.parks {
+        accepted(park, &e0);
+    }
+    write(fed.park(0), &mut sample, 1); // P1
+    let ledger: Vec<automerge::Change> = kervan_tests::entries(&fed.park(0).export())
+        .iter()
+        .map(|e| decoded(e))
+        .filter(|e| e.doc == doc)
+        .map(|e| e.parse().expect("parses"))
+        .collect();
+    behind.doc.apply_changes(ledger).expect("apply");
+    let (f1, e1) = dated(&mut behind, 1); // after P1
+    accepted(fed.park(0), &e1);
+    write(fed.park(0), &mut sample, 1); // P2, after F1
+    let (f2, e2) = dated(&mut behind, 2); // beside P2
+    accepted(fed.park(0), &e2);
+
+    let page = page_for(&mut fed, 0, 1);
+    let reports = fed.park(1).replica().ingest(page, "peer").expect("ingest");
+    assert_eq!(rejections(&reports), Vec::<&str>::new());
+    let f1_held = fed
+        .park(1)
+        .replica()
+        .store()
+        .changes()
+        .expect("changes")
+        .into_iter()
+        .map(|(_, _, e)| decoded(&e))
+        .find(|e| e.parse().is_ok_and(|c| c.hash() == f1))
+        .expect("Tashkent holds F1");
+    assert_eq!(
+        f1_held.vouched_by().map(|h| h.0),
+        Some(f2.0),
+        "F1 is held as vouched for by F2"
+    );
+
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+        - 3600;
+    let bundle = fed
+        .park(1)
+        .replica()
+        .export(Some(an_hour_ago))
+        .expect("export");
+    let exported: Vec<automerge::ChangeHash> = bundle
+        .entries
+        .iter()
+        .map(|e| decoded(e).parse().expect("parses").hash())
+        .collect();
+    assert!(
+        exported.contains(&f1),
+        "F1, between P1 and P2, is taken back"
+    );
+    assert!(exported.contains(&f2), "F2, F1's voucher, travels with it");
+    assert!(!exported.contains(&f0), "F0 is older and nothing needs it");
+
+    let reports = fed
+        .park(2)
+        .replica()
+        .import(&bundle.encode(), "import")
+        .expect("a bundle");
+    let outcomes = tally(&reports);
+    assert!(
+        outcomes
+            .keys()
+            .all(|k| ["accepted", "duplicate"].contains(k)),
+        "{reports:?}"
+    );
+    let tashkent = heads(fed.park(1).replica(), &doc);
+    assert_eq!(heads(fed.park(2).replica(), &doc), tashkent);
+    assert_eq!(fed.park(2).digest(), fed.park(1).digest());
+}
