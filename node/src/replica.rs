@@ -1797,28 +1797,62 @@ impl<S: Store> Replica<S> {
         wanted.sort();
         // Equivocation evidence rides along whenever the digests differ: a node that took one
         // side of a fork learns of the other however it pulls. A vouched side travels with
-        // the changes up to its voucher.
+        // the changes up to its voucher, so a fork's evidence goes whole or waits: cut inside,
+        // it would end before the voucher and prove nothing. Evidence fills at most half a
+        // page, or a whole one for a single fork, and the forks the receiver took a side of
+        // (it holds the actor at or past the fork's seq) go first, so forks it knows already
+        // cannot keep those out.
+        let remote_at: HashMap<(&DocId, Actor), u64> = remote
+            .heads
+            .iter()
+            .map(|h| ((&h.doc, h.actor), h.seq))
+            .collect();
+        let mut forks = self.store.evidence()?;
+        // Sorted `false` first: those the receiver holds at or past the fork's seq.
+        forks.sort_by_key(|e| {
+            remote_at
+                .get(&(&e.doc, e.actor))
+                .is_none_or(|seq| *seq < e.seq)
+        });
         let mut page: Vec<Vec<u8>> = Vec::new();
-        for e in self.store.evidence()? {
+        let mut bytes = 0;
+        let mut carried: HashSet<Hash> = HashSet::new();
+        for e in forks {
+            let mut group: Vec<(Option<Hash>, Vec<u8>)> = Vec::new();
             for env in e.envelopes.into_iter().filter(|e| !e.is_empty()) {
-                if page.len() >= MAX_PAGE_CHANGES / 2 {
-                    break;
-                }
                 match SignedChange::decode(&env, usize::MAX)
                     .ok()
                     .and_then(|d| d.vouched_by())
                 {
-                    Some(voucher) => page.extend(
+                    Some(voucher) => group.extend(
                         self.chain_from(&e.doc, voucher)?
                             .into_iter()
-                            .map(|(_, env)| env),
+                            .map(|(h, env)| (Some(h), env)),
                     ),
-                    None => page.push(env),
+                    None => group.push((None, env)),
                 }
             }
+            group.retain(|(h, _)| h.is_none_or(|h| !carried.contains(&h)));
+            let size: usize = group.iter().map(|(_, env)| env.len()).sum();
+            let fits = if page.is_empty() {
+                group.len() <= MAX_PAGE_CHANGES && size <= MAX_UNPACKED_BYTES / 2
+            } else {
+                page.len() + group.len() <= MAX_PAGE_CHANGES / 2
+                    && bytes + size <= MAX_UNPACKED_BYTES / 2
+            };
+            if !fits {
+                if page.is_empty() {
+                    tracing::warn!(doc = %e.doc, seq = e.seq, changes = group.len(), size,
+                        "the evidence of a fork is larger than a page: not sent");
+                }
+                continue;
+            }
+            bytes += size;
+            for (h, env) in group {
+                carried.extend(h);
+                page.push(env);
+            }
         }
-        page.truncate(MAX_PAGE_CHANGES / 2);
-        let mut bytes: usize = page.iter().map(Vec::len).sum();
         // Where the page may end: each actor's last change so far has its own signature.
         let mut cut = (page.len(), bytes, 0);
         let mut unsigned: HashSet<(&DocId, Actor)> = HashSet::new();

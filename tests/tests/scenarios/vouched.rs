@@ -652,3 +652,173 @@ fn an_export_since_carries_the_voucher_of_an_old_change_it_takes_back() {
     assert_eq!(heads(fed.park(2).replica(), &doc), tashkent);
     assert_eq!(fed.park(2).digest(), fed.park(1).digest());
 }
+
+/// A device restored from an old backup writes its first seq again after it had written 2,100
+/// changes, which Tashkent holds as vouched for by the last of them. The evidence of that fork
+/// is one side's whole run up to its voucher and the other side: more than the half of a page
+/// that evidence may fill, so it goes whole, alone, or not at all. Bishkek, which knew nothing
+/// of the device but its change after the restore, pulls from Tashkent alone and ends with the
+/// same ledger and evidence, with no change refused as unvouched (a page cut inside the run
+/// drops the voucher); the evidence of a second, small fork, which then no longer fits beside
+/// the first, arrives too.
+#[test]
+fn the_evidence_of_a_fork_behind_a_long_vouched_run_travels_whole() {
+    const RUN: usize = 2100;
+    let mut fed = Federation::founding(3);
+    fed.exchange_all();
+    let doc = DocId::Ledger(fed.parks[0].id.clone());
+    let (key, id) = (fed.park(0).key(), fed.id);
+    let mut device = Forger::new(fed.park(0), doc.clone(), key, id);
+    let mut restored = Forger {
+        doc: device.doc.fork(),
+        doc_id: doc.clone(),
+        key: device.key.clone(),
+        actor: device.actor,
+        federation: id,
+    };
+    restored.doc.set_actor(device.actor.to_automerge());
+    // Another device of the park, beside the first's run.
+    let mut other = Forger::new(fed.park(0), doc.clone(), device.key.clone(), id);
+    let mut twin = Forger {
+        doc: other.doc.fork(),
+        doc_id: doc.clone(),
+        key: other.key.clone(),
+        actor: other.actor,
+        federation: id,
+    };
+    twin.doc.set_actor(other.actor.to_automerge());
+    let startups = device.obj(&["startups"]);
+    let run: Vec<Vec<u8>> = (0..RUN)
+        .map(|n| {
+            let mut change = device.change(|d| {
+                let r = d
+                    .put_object(
+                        &startups,
+                        format!("kz-astana-hub/run-{n}").as_str(),
+                        automerge::ObjType::Map,
+                    )
+                    .expect("put");
+                d.put(&r, "name", "Before the backup").expect("put");
+            });
+            device.sign(&mut change)
+        })
+        .collect();
+    let reports = fed.park(0).replica().ingest(run, "device").expect("ingest");
+    assert_eq!(
+        tally(&reports).get("accepted"),
+        Some(&RUN),
+        "{:?}",
+        tally(&reports)
+    );
+    let page = page_for(&mut fed, 0, 1);
+    let reports = fed.park(1).replica().ingest(page, "peer").expect("ingest");
+    assert_eq!(rejections(&reports), Vec::<&str>::new());
+    assert!(vouched(fed.park(1).replica()) >= RUN - 1);
+
+    let mut again = restored.change(|d| {
+        let r = d
+            .put_object(
+                &startups,
+                "kz-astana-hub/after-restore",
+                automerge::ObjType::Map,
+            )
+            .expect("put");
+        d.put(&r, "name", "After the backup").expect("put");
+    });
+    assert_eq!(again.seq(), 1);
+    let again = restored.sign(&mut again);
+    let reports = fed
+        .park(1)
+        .replica()
+        .ingest(vec![again.clone()], "device")
+        .expect("ingest");
+    assert_eq!(rejections(&reports), vec!["equivocation"]);
+    // The restored device's change reached Bishkek first: it took that side.
+    let reports = fed
+        .park(2)
+        .replica()
+        .ingest(vec![again], "device")
+        .expect("ingest");
+    assert_eq!(tally(&reports).get("accepted"), Some(&1));
+    assert_eq!(
+        fed.park(1)
+            .replica()
+            .store()
+            .evidence()
+            .expect("evidence")
+            .len(),
+        1
+    );
+    // A second, small fork, by another device of the park: Tashkent holds both sides,
+    // Bishkek one. Whichever fork comes first in the store, neither may keep the other out.
+    let sides: Vec<Vec<u8>> = [
+        (&mut other, "kz-astana-hub/one"),
+        (&mut twin, "kz-astana-hub/two"),
+    ]
+    .into_iter()
+    .map(|(f, name)| {
+        let mut change = f.change(|d| {
+            let r = d
+                .put_object(&startups, name, automerge::ObjType::Map)
+                .expect("put");
+            d.put(&r, "name", "One of two").expect("put");
+        });
+        f.sign(&mut change)
+    })
+    .collect();
+    let reports = fed
+        .park(1)
+        .replica()
+        .ingest(sides.clone(), "device")
+        .expect("ingest");
+    assert_eq!(rejections(&reports), vec!["equivocation"]);
+    let reports = fed
+        .park(2)
+        .replica()
+        .ingest(vec![sides[0].clone()], "device")
+        .expect("ingest");
+    assert_eq!(tally(&reports).get("accepted"), Some(&1));
+
+    for _ in 0..5 {
+        if fed.park(2).replica().digest() == fed.park(1).replica().digest() {
+            break;
+        }
+        let summary = fed.park(2).replica().sync_summary();
+        let (changes, _) = fed
+            .park(1)
+            .replica()
+            .sync_page(&summary, 1 << 20)
+            .expect("a page");
+        assert!(changes.len() <= kervan_protocol::sync::MAX_PAGE_CHANGES);
+        let reports = fed
+            .park(2)
+            .replica()
+            .ingest(through_the_wire(changes), "peer")
+            .expect("ingest");
+        assert!(
+            !rejections(&reports).contains(&"unvouched"),
+            "{:?}",
+            tally(&reports)
+        );
+    }
+    assert_eq!(fed.park(2).digest(), fed.park(1).digest());
+    assert_eq!(
+        heads(fed.park(2).replica(), &doc),
+        heads(fed.park(1).replica(), &doc)
+    );
+    // Each node lists a fork's sides in the order it met them.
+    let evidence = |r: &Replica<SledStore>| -> Vec<(u64, std::collections::BTreeSet<Hash>)> {
+        r.store()
+            .evidence()
+            .expect("evidence")
+            .into_iter()
+            .map(|e| (e.seq, e.hashes.into_iter().collect()))
+            .collect()
+    };
+    assert_eq!(
+        evidence(fed.park(2).replica()),
+        evidence(fed.park(1).replica())
+    );
+    let report = fed.park(2).replica().verify_all().expect("verify");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+}
