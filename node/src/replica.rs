@@ -1802,18 +1802,20 @@ impl<S: Store> Replica<S> {
         // page, or a whole one for a single fork, and the forks the receiver took a side of
         // (it holds the actor at or past the fork's seq) go first, so forks it knows already
         // cannot keep those out.
-        let remote_at: HashMap<(&DocId, Actor), u64> = remote
-            .heads
-            .iter()
-            .map(|h| ((&h.doc, h.actor), h.seq))
-            .collect();
         let mut forks = self.store.evidence()?;
-        // Sorted `false` first: those the receiver holds at or past the fork's seq.
-        forks.sort_by_key(|e| {
-            remote_at
-                .get(&(&e.doc, e.actor))
-                .is_none_or(|seq| *seq < e.seq)
-        });
+        if forks.len() > 1 {
+            let remote_at: HashMap<(&DocId, Actor), u64> = remote
+                .heads
+                .iter()
+                .map(|h| ((&h.doc, h.actor), h.seq))
+                .collect();
+            // Sorted `false` first: those the receiver holds at or past the fork's seq.
+            forks.sort_by_key(|e| {
+                remote_at
+                    .get(&(&e.doc, e.actor))
+                    .is_none_or(|seq| *seq < e.seq)
+            });
+        }
         let mut page: Vec<Vec<u8>> = Vec::new();
         let mut bytes = 0;
         let mut carried: HashSet<Hash> = HashSet::new();
