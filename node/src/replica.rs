@@ -1628,8 +1628,9 @@ impl<S: Store> Replica<S> {
                     let Ok(id) = item.key.parse::<RecordId>() else {
                         continue;
                     };
-                    let value = state.doc.hydrate(item.id(), None).ok();
-                    out.push(IndexedRecord::read(park, collection, id, value.as_ref()));
+                    let fields = records::collection_fields(collection).unwrap_or(&[]);
+                    let value = records::record_from_doc(fields, &state.doc, &item.id());
+                    out.push(IndexedRecord::read(park, collection, id, Some(value)));
                 }
             }
             out
@@ -1653,9 +1654,11 @@ impl<S: Store> Replica<S> {
                     let Some(park) = doc.park() else { continue };
                     let value = child(&state.doc, &ROOT, collection)
                         .and_then(|c| child(&state.doc, &c, &id.to_string()))
-                        .and_then(|o| state.doc.hydrate(&o, None).ok());
-                    IndexedRecord::read(park, collection, id, value.as_ref())
-                        .index(&mut self.index);
+                        .map(|o| {
+                            let fields = records::collection_fields(collection).unwrap_or(&[]);
+                            records::record_from_doc(fields, &state.doc, &o)
+                        });
+                    IndexedRecord::read(park, collection, id, value).index(&mut self.index);
                 }
             }
         }
@@ -2500,14 +2503,7 @@ enum IndexedRecord {
 }
 
 impl IndexedRecord {
-    fn read(
-        park: &ParkId,
-        collection: &str,
-        id: RecordId,
-        value: Option<&automerge::hydrate::Value>,
-    ) -> Self {
-        let fields = records::collection_fields(collection).unwrap_or(&[]);
-        let stored = value.map(|v| records::record_from_automerge(fields, v));
+    fn read(park: &ParkId, collection: &str, id: RecordId, stored: Option<Value>) -> Self {
         match collection {
             "startups" => {
                 let r = stored.and_then(|v| records::read_record(&id, v));
@@ -2589,8 +2585,7 @@ fn child(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<ObjId> {
 fn read_park(doc: &AutoCommit, park: &ParkId) -> Option<records::Park> {
     let parks = child(doc, &ROOT, "parks")?;
     let obj = child(doc, &parks, park.as_str())?;
-    let value = doc.hydrate(&obj, None).ok()?;
-    let mut json = records::record_from_automerge(records::PARK_FIELDS, &value);
+    let mut json = records::record_from_doc(records::PARK_FIELDS, doc, &obj);
     let mut devices = Vec::new();
     if let Some(dobj) = child(doc, &obj, "devices") {
         for key in doc.keys(&dobj) {
@@ -2598,8 +2593,7 @@ fn read_park(doc: &AutoCommit, park: &ParkId) -> Option<records::Park> {
                 continue;
             };
             let d = child(doc, &dobj, &key)
-                .and_then(|o| doc.hydrate(&o, None).ok())
-                .map(|v| records::record_from_automerge(records::DEVICE_FIELDS, &v))
+                .map(|o| records::record_from_doc(records::DEVICE_FIELDS, doc, &o))
                 .unwrap_or(Value::Null);
             devices.push(serde_json::json!({
                 "key": k, "label": d.get("label"), "added_at": d.get("added_at"),
@@ -2876,5 +2870,42 @@ fn scalar_json(v: &automerge::ScalarValue) -> Value {
         automerge::ScalarValue::Boolean(b) => Value::Bool(*b),
         automerge::ScalarValue::Null => Value::Null,
         other => Value::String(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `record_from_doc` reads a record as hydrating it and `record_from_automerge` did: a
+    /// nested map, a list kept as JSON text, every field of the schema, the winner of a
+    /// conflict; keys outside the schema and deleted keys left out.
+    #[test]
+    fn a_record_reads_the_same_out_of_the_document_as_hydrated() {
+        let mut sample = crate::sample::Sample::new(3);
+        let startup = sample.startup("KZ");
+        let fields = records::collection_fields("startups").expect("fields");
+        let stored = records::record_to_automerge(fields, startup.as_object().expect("object"));
+        let mut a = AutoCommit::new();
+        let coll = a.put_object(ROOT, "startups", ObjType::Map).expect("put");
+        a.batch_create_object(&coll, "kz-astana-hub/x", &stored, false)
+            .expect("create");
+        let rec = child(&a, &coll, "kz-astana-hub/x").expect("record");
+        a.put(&rec, "not_in_schema", "ignored").expect("put");
+        a.put(&rec, "website", "https://soon.example.kz")
+            .expect("put");
+        a.delete(&rec, "website").expect("delete");
+        a.commit();
+        let mut b = a.fork();
+        a.put(&rec, "name", "Qazaq Robotics LLP").expect("put");
+        b.put(&rec, "name", "QR").expect("put");
+        a.merge(&mut b).expect("merge");
+        assert_eq!(a.get_all(&rec, "name").expect("get").len(), 2);
+        let hydrated = a.hydrate(&rec, None).expect("hydrate");
+        let read = records::record_from_doc(fields, &a, &rec);
+        assert_eq!(read, records::record_from_automerge(fields, &hydrated));
+        assert!(read.get("contact").is_some_and(Value::is_object), "{read}");
+        assert!(read.get("sectors").is_some_and(Value::is_array), "{read}");
+        assert!(read.get("not_in_schema").is_none());
     }
 }
