@@ -333,10 +333,11 @@ impl<'a> Scalar<'a> {
 /// runs at the API; the validation rules pass `None`, because a peer's verdict must not depend
 /// on the local clock.
 pub fn check_scalar(kind: &Kind, v: Scalar<'_>, this_year: Option<i64>) -> Result<(), String> {
-    let found = v.describe();
+    // Described only for an error: a verdict is taken for every field of every change.
+    let found = || v.describe();
     let text = |what: &str| match v {
         Scalar::Str(s) => Ok(s),
-        _ => Err(format!("expected {what}, found {found}")),
+        _ => Err(format!("expected {what}, found {found}", found = found())),
     };
     match kind {
         Kind::Text { min, max } => {
@@ -358,7 +359,8 @@ pub fn check_scalar(kind: &Kind, v: Scalar<'_>, this_year: Option<i64>) -> Resul
                 Ok(())
             } else {
                 Err(format!(
-                    "expected an ISO 3166-1 alpha-2 country code such as \"KZ\", found {found}"
+                    "expected an ISO 3166-1 alpha-2 country code such as \"KZ\", found {found}",
+                    found = found()
                 ))
             }
         }
@@ -368,34 +370,45 @@ pub fn check_scalar(kind: &Kind, v: Scalar<'_>, this_year: Option<i64>) -> Resul
                 Ok(())
             } else {
                 Err(format!(
-                    "expected one of {}, found {found}",
-                    options.join(" ")
+                    "expected one of {}, found {}",
+                    options.join(" "),
+                    found()
                 ))
             }
         }
         Kind::Int { min, max } => match v {
             Scalar::Int(i) if (*min..=*max).contains(&i) => Ok(()),
             _ => Err(format!(
-                "expected an integer from {min} to {max}, found {found}"
+                "expected an integer from {min} to {max}, found {found}",
+                found = found()
             )),
         },
         Kind::Year => {
             let max = this_year.unwrap_or(2100);
             match v {
                 Scalar::Int(i) if (1990..=max).contains(&i) => Ok(()),
-                _ => Err(format!("expected a year from 1990 to {max}, found {found}")),
+                _ => Err(format!(
+                    "expected a year from 1990 to {max}, found {found}",
+                    found = found()
+                )),
             }
         }
         Kind::Bool => match v {
             Scalar::Bool(_) => Ok(()),
-            _ => Err(format!("expected true or false, found {found}")),
+            _ => Err(format!(
+                "expected true or false, found {found}",
+                found = found()
+            )),
         },
         Kind::Url => {
             let s = text("an http(s) URL")?;
             if is_url(s) {
                 Ok(())
             } else {
-                Err(format!("expected an http(s) URL, found {found}"))
+                Err(format!(
+                    "expected an http(s) URL, found {found}",
+                    found = found()
+                ))
             }
         }
         Kind::Email => {
@@ -403,35 +416,52 @@ pub fn check_scalar(kind: &Kind, v: Scalar<'_>, this_year: Option<i64>) -> Resul
             if is_email(s) {
                 Ok(())
             } else {
-                Err(format!("expected an e-mail address, found {found}"))
+                Err(format!(
+                    "expected an e-mail address, found {found}",
+                    found = found()
+                ))
             }
         }
         Kind::Date => {
             let s = text("a date")?;
-            parse_date(s)
-                .map(|_| ())
-                .ok_or_else(|| format!("expected a date as YYYY-MM-DD, found {found}"))
+            parse_date(s).map(|_| ()).ok_or_else(|| {
+                format!(
+                    "expected a date as YYYY-MM-DD, found {found}",
+                    found = found()
+                )
+            })
         }
         Kind::Timestamp => {
             let s = text("a timestamp")?;
             time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
                 .map(|_| ())
-                .map_err(|_| format!("expected an RFC 3339 timestamp, found {found}"))
+                .map_err(|_| {
+                    format!(
+                        "expected an RFC 3339 timestamp, found {found}",
+                        found = found()
+                    )
+                })
         }
         Kind::Ref => {
             let s = text("a record id")?;
-            s.parse::<RecordId>()
-                .map(|_| ())
-                .map_err(|_| format!("expected a record id '<park>/<local>', found {found}"))
+            s.parse::<RecordId>().map(|_| ()).map_err(|_| {
+                format!(
+                    "expected a record id '<park>/<local>', found {found}",
+                    found = found()
+                )
+            })
         }
         Kind::List { .. } => {
             // Lists are stored as one JSON string: a park rewrites a list whole, and one op per
             // list keeps the schema a set of map paths.
             let s = text("a JSON list")?;
             let items: Value = serde_json::from_str(s)
-                .map_err(|_| format!("expected a JSON list, found {found}"))?;
+                .map_err(|_| format!("expected a JSON list, found {found}", found = found()))?;
             if !items.is_array() {
-                return Err(format!("expected a JSON list, found {found}"));
+                return Err(format!(
+                    "expected a JSON list, found {found}",
+                    found = found()
+                ));
             }
             let mut errors = Vec::new();
             validate_value(kind, &items, this_year.unwrap_or(2100), "", &mut errors);
@@ -440,7 +470,10 @@ pub fn check_scalar(kind: &Kind, v: Scalar<'_>, this_year: Option<i64>) -> Resul
                 Some(e) => Err(format!("{}{}", e.field, e.message)),
             }
         }
-        Kind::Object(_) => Err(format!("expected an object, found {found}")),
+        Kind::Object(_) => Err(format!(
+            "expected an object, found {found}",
+            found = found()
+        )),
     }
 }
 

@@ -591,10 +591,11 @@ fn walk_ops(
                 why: format!("key of {} bytes is too long", key.len()),
             });
         }
-        let path = show(&parent, &key);
+        // Written out only for a refusal.
+        let path = || show(&parent, &key);
         if op.insert {
             return Err(RejectReason::PathNotAllowed {
-                path,
+                path: path(),
                 why: "inserts are list ops; the registry holds only maps".into(),
             });
         }
@@ -618,7 +619,7 @@ fn walk_ops(
             OpType::Make(ObjType::Map) => Action::MakeMap,
             OpType::Make(other) => {
                 return Err(RejectReason::PathNotAllowed {
-                    path,
+                    path: path(),
                     why: format!("makes a {other:?}, the registry holds only maps"),
                 });
             }
@@ -627,7 +628,7 @@ fn walk_ops(
                     && s.len() > limits.max_string_bytes
                 {
                     return Err(RejectReason::InvalidValue {
-                        path,
+                        path: path(),
                         message: format!(
                             "string of {} bytes, the limit is {}",
                             s.len(),
@@ -640,7 +641,7 @@ fn walk_ops(
             OpType::Delete => Action::Delete,
             OpType::Increment(_) | OpType::MarkBegin(..) | OpType::MarkEnd(_) => {
                 return Err(RejectReason::PathNotAllowed {
-                    path,
+                    path: path(),
                     why: "counters and marks are not part of the registry".into(),
                 });
             }
