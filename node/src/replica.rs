@@ -1644,6 +1644,8 @@ impl<S: Store> Replica<S> {
         let Some(state) = self.docs.get(doc) else {
             return;
         };
+        // Each collection's map is looked up once a batch, not once a record.
+        let mut collections: HashMap<&str, Option<ObjId>> = HashMap::new();
         for t in touched {
             match t {
                 Touched::Park(p) => {
@@ -1652,8 +1654,11 @@ impl<S: Store> Replica<S> {
                 }
                 Touched::Record { collection, id } => {
                     let Some(park) = doc.park() else { continue };
-                    let value = child(&state.doc, &ROOT, collection)
-                        .and_then(|c| child(&state.doc, &c, &id.to_string()))
+                    let value = collections
+                        .entry(collection)
+                        .or_insert_with(|| child(&state.doc, &ROOT, collection))
+                        .as_ref()
+                        .and_then(|c| child(&state.doc, c, &id.to_string()))
                         .map(|o| {
                             let fields = records::collection_fields(collection).unwrap_or(&[]);
                             records::record_from_doc(fields, &state.doc, &o)
