@@ -1628,9 +1628,10 @@ impl<S: Store> Replica<S> {
                     let Ok(id) = item.key.parse::<RecordId>() else {
                         continue;
                     };
-                    let fields = records::collection_fields(collection).unwrap_or(&[]);
-                    let value = records::record_from_doc(fields, &state.doc, &item.id());
-                    out.push(IndexedRecord::read(park, collection, id, Some(value)));
+                    let record = Some(item.id());
+                    out.push(IndexedRecord::read(
+                        park, collection, id, &state.doc, record,
+                    ));
                 }
             }
             out
@@ -1654,16 +1655,13 @@ impl<S: Store> Replica<S> {
                 }
                 Touched::Record { collection, id } => {
                     let Some(park) = doc.park() else { continue };
-                    let value = collections
+                    let record = collections
                         .entry(collection)
                         .or_insert_with(|| child(&state.doc, &ROOT, collection))
                         .as_ref()
-                        .and_then(|c| child(&state.doc, c, &id.to_string()))
-                        .map(|o| {
-                            let fields = records::collection_fields(collection).unwrap_or(&[]);
-                            records::record_from_doc(fields, &state.doc, &o)
-                        });
-                    IndexedRecord::read(park, collection, id, value).index(&mut self.index);
+                        .and_then(|c| child(&state.doc, c, &id.to_string()));
+                    IndexedRecord::read(park, collection, id, &state.doc, record)
+                        .index(&mut self.index);
                 }
             }
         }
@@ -1826,9 +1824,8 @@ impl<S: Store> Replica<S> {
         }
         let mut page: Vec<Vec<u8>> = Vec::new();
         let mut bytes = 0;
-        let mut carried: HashSet<Hash> = HashSet::new();
         for e in forks {
-            let mut group: Vec<(Option<Hash>, Vec<u8>)> = Vec::new();
+            let mut group: Vec<Vec<u8>> = Vec::new();
             for env in e.envelopes.into_iter().filter(|e| !e.is_empty()) {
                 match SignedChange::decode(&env, usize::MAX)
                     .ok()
@@ -1837,13 +1834,12 @@ impl<S: Store> Replica<S> {
                     Some(voucher) => group.extend(
                         self.chain_from(&e.doc, voucher)?
                             .into_iter()
-                            .map(|(h, env)| (Some(h), env)),
+                            .map(|(_, env)| env),
                     ),
-                    None => group.push((None, env)),
+                    None => group.push(env),
                 }
             }
-            group.retain(|(h, _)| h.is_none_or(|h| !carried.contains(&h)));
-            let size: usize = group.iter().map(|(_, env)| env.len()).sum();
+            let size: usize = group.iter().map(Vec::len).sum();
             let fits = if page.is_empty() {
                 group.len() <= MAX_PAGE_CHANGES && size <= MAX_UNPACKED_BYTES / 2
             } else {
@@ -1858,10 +1854,7 @@ impl<S: Store> Replica<S> {
                 continue;
             }
             bytes += size;
-            for (h, env) in group {
-                carried.extend(h);
-                page.push(env);
-            }
+            page.extend(group);
         }
         // Where the page may end: each actor's last change so far has its own signature.
         let mut cut = (page.len(), bytes, 0);
@@ -2508,7 +2501,16 @@ enum IndexedRecord {
 }
 
 impl IndexedRecord {
-    fn read(park: &ParkId, collection: &str, id: RecordId, stored: Option<Value>) -> Self {
+    /// The record at `record` of `doc`, if it is there, as the index keeps it.
+    fn read(
+        park: &ParkId,
+        collection: &str,
+        id: RecordId,
+        doc: &AutoCommit,
+        record: Option<ObjId>,
+    ) -> Self {
+        let fields = records::collection_fields(collection).unwrap_or(&[]);
+        let stored = record.map(|o| records::record_from_doc(fields, doc, &o));
         match collection {
             "startups" => {
                 let r = stored.and_then(|v| records::read_record(&id, v));

@@ -736,7 +736,7 @@ pub fn record_from_doc<D: ReadDoc>(fields: &'static [Field], doc: &D, obj: &ObjI
     use automerge::{ScalarValueRef as S, ValueRef};
     let mut out = Map::new();
     for item in doc.map_range(obj, ..) {
-        let Some(f) = fields.iter().find(|f| item.key == f.name) else {
+        let Some(f) = find_field(fields, &item.key) else {
             continue;
         };
         let json = match (&f.kind, &item.value) {

@@ -1,8 +1,7 @@
 //! How long reading one record of a 10k-record ledger back out of Automerge for the query index
 //! takes, three ways: `hydrate` and then `records::record_from_automerge` (what the replica
 //! did), `records::record_from_doc` (the same JSON, read with `map_range`; what it does now) and
-//! one `get` per schema field. Medians of five rounds over
-//! every record; a probe for choosing how the query index reads records, not a target.
+//! one `get` per schema field. Medians of five rounds over every record; a probe for choosing how the query index reads records, not a target.
 //!
 //! `cargo run --release -p kervan-tests --example read_record`
 
@@ -44,7 +43,7 @@ fn main() {
     let records: Vec<automerge::ObjId> = doc.map_range(&startups, ..).map(|i| i.id()).collect();
     let fields = kervan_protocol::records::collection_fields("startups").expect("fields");
     let per_record = |d: Duration| d / records.len() as u32;
-    let (mut hydrate, mut range, mut get) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut hydrate, mut direct, mut get) = (Vec::new(), Vec::new(), Vec::new());
     let mut read = [0usize; 3];
     for _ in 0..5 {
         let t = Instant::now();
@@ -59,7 +58,7 @@ fn main() {
             let json = kervan_protocol::records::record_from_doc(fields, &doc, o);
             read[1] += json.as_object().map_or(0, |m| m.len());
         }
-        range.push(per_record(t.elapsed()));
+        direct.push(per_record(t.elapsed()));
         let t = Instant::now();
         for o in &records {
             for f in fields {
@@ -74,7 +73,7 @@ fn main() {
          get per field {:?}",
         records.len(),
         median(hydrate),
-        median(range),
+        median(direct),
         median(get)
     );
 }

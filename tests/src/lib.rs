@@ -264,25 +264,46 @@ impl Forger {
     /// Starts from the accepted changes of `doc_id` that `park` holds, writing as `key` with a
     /// fresh epoch (a new actor of that key).
     pub fn new(park: &mut Park, doc_id: DocId, key: SigningKey, federation: FederationId) -> Self {
-        let mut doc = AutoCommit::new();
-        let changes: Vec<automerge::Change> = entries(&park.export())
-            .iter()
-            .map(|e| SignedChange::decode(e, usize::MAX).expect("envelope"))
-            .filter(|e| e.doc == doc_id)
-            .map(|e| e.parse().expect("change"))
-            .collect();
-        doc.apply_changes(changes).expect("apply");
         let actor = Actor {
             key: DeviceKey(key.verifying_key().to_bytes()),
             epoch: rand::random(),
         };
+        let mut doc = AutoCommit::new();
         doc.set_actor(actor.to_automerge());
-        Self {
+        let mut f = Self {
             doc,
             doc_id,
             key,
             actor,
             federation,
+        };
+        f.catch_up(park);
+        f
+    }
+
+    /// Takes in what `park` now holds of this forger's document, so the next change is built
+    /// on it.
+    pub fn catch_up(&mut self, park: &mut Park) {
+        let changes: Vec<automerge::Change> = entries(&park.export())
+            .iter()
+            .map(|e| SignedChange::decode(e, usize::MAX).expect("envelope"))
+            .filter(|e| e.doc == self.doc_id)
+            .map(|e| e.parse().expect("change"))
+            .collect();
+        self.doc.apply_changes(changes).expect("apply");
+    }
+
+    /// The same actor on a copy of this forger's document as it is now: its next change takes
+    /// the same seq as this one's, the other branch of a fork.
+    pub fn twin(&mut self) -> Self {
+        let mut doc = self.doc.fork();
+        doc.set_actor(self.actor.to_automerge());
+        Self {
+            doc,
+            doc_id: self.doc_id.clone(),
+            key: self.key.clone(),
+            actor: self.actor,
+            federation: self.federation,
         }
     }
 

@@ -54,14 +54,7 @@ fn equivocation_reaches_the_same_state_and_evidence_in_every_order() {
     let key = fed.park(0).key();
     let id = fed.id;
     let mut a = Forger::new(fed.park(0), doc, key, id);
-    let mut b = Forger {
-        doc: a.doc.fork(),
-        doc_id: a.doc_id.clone(),
-        key: a.key.clone(),
-        actor: a.actor,
-        federation: a.federation,
-    };
-    b.doc.set_actor(a.actor.to_automerge());
+    let mut b = a.twin();
     let mut c1 = create(&mut a, "kz-astana-hub/eq-a", "Version A");
     let rec = a.obj(&["startups", "kz-astana-hub/eq-a"]);
     let mut c3 = a.change(|d| d.put(&rec, "city", "Astana").expect("put"));

@@ -167,6 +167,14 @@ fn page_for(fed: &mut Federation, from: usize, to: usize) -> Vec<Vec<u8>> {
     through_the_wire(changes)
 }
 
+/// What park `to` answers to `envelopes` from a peer.
+fn send(fed: &mut Federation, to: usize, envelopes: Vec<Vec<u8>>) -> Vec<Report> {
+    fed.park(to)
+        .replica()
+        .ingest(envelopes, "peer")
+        .expect("ingest")
+}
+
 fn decoded(e: &[u8]) -> SignedChange {
     SignedChange::decode(e, usize::MAX).expect("an envelope")
 }
@@ -388,17 +396,9 @@ fn a_fork_at_a_vouched_change_travels_with_its_voucher() {
         }),
         "Tashkent holds seq 4 as vouched"
     );
-    let reports = fed
-        .park(1)
-        .replica()
-        .ingest(vec![fork.clone()], "peer")
-        .expect("ingest");
+    let reports = send(&mut fed, 1, vec![fork.clone()]);
     assert_eq!(rejections(&reports), vec!["equivocation"]);
-    let reports = fed
-        .park(2)
-        .replica()
-        .ingest(vec![fork], "peer")
-        .expect("ingest");
+    let reports = send(&mut fed, 2, vec![fork]);
     assert_eq!(tally(&reports).get("accepted"), Some(&1));
 
     // Bishkek pulls from Tashkent: the page carries the evidence, vouched side and voucher.
@@ -582,13 +582,7 @@ fn an_export_since_carries_the_voucher_of_an_old_change_it_takes_back() {
         accepted(park, &e0);
     }
     write(fed.park(0), &mut sample, 1); // P1
-    let ledger: Vec<automerge::Change> = kervan_tests::entries(&fed.park(0).export())
-        .iter()
-        .map(|e| decoded(e))
-        .filter(|e| e.doc == doc)
-        .map(|e| e.parse().expect("parses"))
-        .collect();
-    behind.doc.apply_changes(ledger).expect("apply");
+    behind.catch_up(fed.park(0));
     let (f1, e1) = dated(&mut behind, 1); // after P1
     accepted(fed.park(0), &e1);
     write(fed.park(0), &mut sample, 1); // P2, after F1
@@ -669,24 +663,10 @@ fn the_evidence_of_a_fork_behind_a_long_vouched_run_travels_whole() {
     let doc = DocId::Ledger(fed.parks[0].id.clone());
     let (key, id) = (fed.park(0).key(), fed.id);
     let mut device = Forger::new(fed.park(0), doc.clone(), key, id);
-    let mut restored = Forger {
-        doc: device.doc.fork(),
-        doc_id: doc.clone(),
-        key: device.key.clone(),
-        actor: device.actor,
-        federation: id,
-    };
-    restored.doc.set_actor(device.actor.to_automerge());
+    let mut restored = device.twin();
     // Another device of the park, beside the first's run.
     let mut other = Forger::new(fed.park(0), doc.clone(), device.key.clone(), id);
-    let mut twin = Forger {
-        doc: other.doc.fork(),
-        doc_id: doc.clone(),
-        key: other.key.clone(),
-        actor: other.actor,
-        federation: id,
-    };
-    twin.doc.set_actor(other.actor.to_automerge());
+    let mut twin = other.twin();
     let startups = device.obj(&["startups"]);
     let run: Vec<Vec<u8>> = (0..RUN)
         .map(|n| {
@@ -727,18 +707,10 @@ fn the_evidence_of_a_fork_behind_a_long_vouched_run_travels_whole() {
     });
     assert_eq!(again.seq(), 1);
     let again = restored.sign(&mut again);
-    let reports = fed
-        .park(1)
-        .replica()
-        .ingest(vec![again.clone()], "device")
-        .expect("ingest");
+    let reports = send(&mut fed, 1, vec![again.clone()]);
     assert_eq!(rejections(&reports), vec!["equivocation"]);
     // The restored device's change reached Bishkek first: it took that side.
-    let reports = fed
-        .park(2)
-        .replica()
-        .ingest(vec![again], "device")
-        .expect("ingest");
+    let reports = send(&mut fed, 2, vec![again]);
     assert_eq!(tally(&reports).get("accepted"), Some(&1));
     assert_eq!(
         fed.park(1)
@@ -766,17 +738,9 @@ fn the_evidence_of_a_fork_behind_a_long_vouched_run_travels_whole() {
         f.sign(&mut change)
     })
     .collect();
-    let reports = fed
-        .park(1)
-        .replica()
-        .ingest(sides.clone(), "device")
-        .expect("ingest");
+    let reports = send(&mut fed, 1, sides.clone());
     assert_eq!(rejections(&reports), vec!["equivocation"]);
-    let reports = fed
-        .park(2)
-        .replica()
-        .ingest(vec![sides[0].clone()], "device")
-        .expect("ingest");
+    let reports = send(&mut fed, 2, vec![sides[0].clone()]);
     assert_eq!(tally(&reports).get("accepted"), Some(&1));
 
     for _ in 0..5 {
@@ -790,11 +754,7 @@ fn the_evidence_of_a_fork_behind_a_long_vouched_run_travels_whole() {
             .sync_page(&summary, 1 << 20)
             .expect("a page");
         assert!(changes.len() <= kervan_protocol::sync::MAX_PAGE_CHANGES);
-        let reports = fed
-            .park(2)
-            .replica()
-            .ingest(through_the_wire(changes), "peer")
-            .expect("ingest");
+        let reports = send(&mut fed, 2, through_the_wire(changes));
         assert!(
             !rejections(&reports).contains(&"unvouched"),
             "{:?}",
