@@ -408,7 +408,14 @@ impl DataDir {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let aside = self.path(&format!("store.damaged-{stamp}"));
+        // A name no earlier repair took (two repairs may fall in the same second).
+        let aside = (1..)
+            .map(|n| match n {
+                1 => self.path(&format!("store.damaged-{stamp}")),
+                n => self.path(&format!("store.damaged-{stamp}-{n}")),
+            })
+            .find(|p| !p.exists())
+            .expect("a free name");
         if store_path.exists() {
             fs::rename(&store_path, &aside).map_err(io(&store_path))?;
         }

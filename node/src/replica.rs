@@ -219,7 +219,8 @@ impl DocState {
         out
     }
 
-    fn decode_snapshot(bytes: &[u8], actor: Option<Actor>) -> Result<Self, String> {
+    /// Splits a snapshot into its metadata and its saved Automerge document.
+    fn split_snapshot(bytes: &[u8]) -> Result<(&[u8], &[u8]), String> {
         let len = bytes
             .get(..8)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -229,14 +230,14 @@ impl DocState {
         let meta = bytes
             .get(8..8usize.saturating_add(len))
             .ok_or("metadata truncated")?;
-        let rest = &bytes[8 + len..];
+        Ok((meta, &bytes[8 + len..]))
+    }
+
+    /// The state a snapshot's metadata describes, with an empty document: the saved document
+    /// is loaded apart ([`load_saved`]), as it takes most of the time.
+    fn decode_meta(meta: &[u8]) -> Result<Self, String> {
         let meta = DocMeta::decode(meta)?;
-        let mut doc = AutoCommit::load(rest).map_err(|e| e.to_string())?;
-        if let Some(a) = actor {
-            doc.set_actor(a.to_automerge());
-        }
         let mut state = Self::new(None);
-        state.doc = doc;
         for (hash, info) in meta.order {
             let head = state.heads.entry(info.actor).or_insert((0, hash));
             if info.seq >= head.0 {
@@ -766,6 +767,13 @@ impl<S: Store> Replica<S> {
         // Every stored change is looked at here, cheaply, so a store damaged under a snapshot
         // is noticed at start and not when its change is next served to a peer. Only the keys
         // are kept: the envelopes the snapshots do not cover are read again below.
+        // The snapshots' saved documents load on worker threads (most of a start) while this
+        // thread checks the store and indexes the copies of the ledgers' records.
+        let loading = if use_snapshots {
+            Some(self.start_loading()?)
+        } else {
+            None
+        };
         let mut stored: HashSet<(DocId, Hash)> = HashSet::new();
         self.store.for_each_change(&mut |d, h, env| {
             match SignedChange::decode(env, usize::MAX) {
@@ -802,10 +810,8 @@ impl<S: Store> Replica<S> {
         self.registry.frozen = self.store.frozen_keys()?.into_iter().collect();
         self.stats.records_from_snapshots = 0;
         let mut indexed = HashSet::new();
-        if use_snapshots {
-            self.load_snapshots(vec![DocId::Federation])?;
-            let ledgers = self.registry.parks.iter().cloned().map(DocId::Ledger);
-            indexed = self.load_snapshots(ledgers.collect())?;
+        if let Some(loading) = loading {
+            indexed = self.finish_loading(loading)?;
         }
         let covered = |docs: &BTreeMap<DocId, DocState>, doc: &DocId, h: &Hash| {
             docs.get(doc).is_some_and(|d| d.accepted.contains_key(h))
@@ -841,35 +847,56 @@ impl<S: Store> Replica<S> {
         Ok(())
     }
 
-    /// Loads the snapshots of `docs`, decoding them on as many threads as there are cores:
-    /// each is an independent Automerge document, and loading them is most of a start. Then
-    /// indexes the copy of each ledger's records kept beside its snapshot, where it was made
-    /// from the same changes; answers the documents whose records were indexed that way, which
-    /// [`Self::reindex_all`] need not read out of Automerge again.
-    fn load_snapshots(&mut self, docs: Vec<DocId>) -> Result<HashSet<DocId>, ReplicaError> {
-        let mut stored = Vec::with_capacity(docs.len());
-        for doc in docs {
-            if let Some(bytes) = self.store.snapshot(&doc)? {
-                stored.push((doc, bytes));
+    /// Reads the snapshots of the federation document and of the ledgers it registers, and
+    /// starts loading their saved Automerge documents on worker threads.
+    fn start_loading(&self) -> Result<Loading, ReplicaError> {
+        let mut snapshots = Vec::new();
+        if let Some(bytes) = self.store.snapshot(&DocId::Federation)? {
+            let parks: Vec<ParkId> = DocState::split_snapshot(&bytes)
+                .and_then(|(meta, _)| DocState::decode_meta(meta))
+                .map_err(|why| ReplicaError::Snapshot {
+                    doc: DocId::Federation,
+                    why,
+                })?
+                .registrations
+                .iter()
+                .filter_map(|r| match r {
+                    Registration::Park(p) => Some(p.clone()),
+                    _ => None,
+                })
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            snapshots.push((DocId::Federation, bytes));
+            for park in parks {
+                let doc = DocId::Ledger(park);
+                if let Some(bytes) = self.store.snapshot(&doc)? {
+                    snapshots.push((doc, bytes));
+                }
             }
         }
-        let actor = self.actor();
-        let decoded = parallel_map(stored, |(doc, bytes)| {
-            let state = DocState::decode_snapshot(&bytes, actor);
-            (doc, state)
-        });
+        Loading::start(snapshots)
+    }
+
+    /// Takes in the snapshots `loading` read: each document's metadata, its registrations and
+    /// the copy of a ledger's records kept beside its snapshot (indexed while the saved
+    /// documents still load), then the documents. Answers the ledgers whose records were
+    /// indexed from their copies.
+    fn finish_loading(&mut self, loading: Loading) -> Result<HashSet<DocId>, ReplicaError> {
+        let snapshot_error = |doc: &DocId, why: String| ReplicaError::Snapshot {
+            doc: doc.clone(),
+            why,
+        };
+        let mut states = Vec::with_capacity(loading.metas.len());
         let mut indexed = HashSet::new();
-        for (doc, state) in decoded {
-            let state = state.map_err(|why| ReplicaError::Snapshot {
-                doc: doc.clone(),
-                why,
-            })?;
+        for (doc, meta) in &loading.metas {
+            let state = DocState::decode_meta(meta).map_err(|why| snapshot_error(doc, why))?;
             for r in &state.registrations {
                 self.registry.add(r);
             }
             if let Some(park) = doc.park() {
                 // One ledger at a time: each copy is dropped once indexed.
-                match self.ledger_records(&doc, park, &state) {
+                match self.ledger_records(doc, park, &state) {
                     Ok(Some(records)) => {
                         self.stats.records_from_snapshots += records.len() as u64;
                         self.index.load_ledger(park, records);
@@ -882,6 +909,19 @@ impl<S: Store> Replica<S> {
                     }
                 }
             }
+            states.push((doc.clone(), state));
+        }
+        let mut loaded = loading.wait();
+        let actor = self.actor();
+        for (doc, mut state) in states {
+            let saved = loaded
+                .remove(&doc)
+                .unwrap_or_else(|| Err("its saved document was not loaded".into()));
+            let mut am = saved.map_err(|why| snapshot_error(&doc, why))?;
+            if let Some(a) = actor {
+                am.set_actor(a.to_automerge());
+            }
+            state.doc = am;
             self.docs.insert(doc, state);
         }
         Ok(indexed)
@@ -2544,6 +2584,78 @@ impl IndexedRecord {
 }
 
 /// Maps `items` on up to as many scoped threads as there are cores, keeping their order.
+/// Snapshots read from the store whose saved Automerge documents load on worker threads, one
+/// document at a time each, the largest first.
+struct Loading {
+    /// Each snapshot's metadata, the federation document's first, then the ledgers'.
+    metas: Vec<(DocId, Vec<u8>)>,
+    docs: std::sync::mpsc::Receiver<(DocId, Result<AutoCommit, String>)>,
+    count: usize,
+}
+
+impl Loading {
+    fn start(snapshots: Vec<(DocId, Vec<u8>)>) -> Result<Self, ReplicaError> {
+        let mut metas = Vec::with_capacity(snapshots.len());
+        for (doc, bytes) in &snapshots {
+            let (meta, _) =
+                DocState::split_snapshot(bytes).map_err(|why| ReplicaError::Snapshot {
+                    doc: doc.clone(),
+                    why,
+                })?;
+            metas.push((doc.clone(), meta.to_vec()));
+        }
+        let count = snapshots.len();
+        let mut queue = snapshots;
+        // Popped from the end: the largest last in the vector.
+        queue.sort_by_key(|(_, bytes)| bytes.len());
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+        let (tx, docs) = std::sync::mpsc::channel();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(count);
+        for _ in 0..threads {
+            let (q, t) = (queue.clone(), tx.clone());
+            let spawned = std::thread::Builder::new()
+                .name("snapshot-load".into())
+                .spawn(move || load_saved(&q, &t));
+            if spawned.is_err() {
+                // No thread to spare: the documents are loaded here.
+                load_saved(&queue, &tx);
+            }
+        }
+        Ok(Self { metas, docs, count })
+    }
+
+    /// Waits for every document.
+    fn wait(self) -> HashMap<DocId, Result<AutoCommit, String>> {
+        self.docs.iter().take(self.count).collect()
+    }
+}
+
+/// A worker of [`Loading`]: loads saved documents until none is left (or nobody waits).
+fn load_saved(
+    queue: &std::sync::Mutex<Vec<(DocId, Vec<u8>)>>,
+    done: &std::sync::mpsc::Sender<(DocId, Result<AutoCommit, String>)>,
+) {
+    loop {
+        let next = queue.lock().map_or(None, |mut q| q.pop());
+        let Some((doc, bytes)) = next else { return };
+        let loaded = std::panic::catch_unwind(|| {
+            let (_, saved) = DocState::split_snapshot(&bytes)?;
+            AutoCommit::load(saved).map_err(|e| e.to_string())
+        })
+        .unwrap_or_else(|panic| {
+            Err(format!(
+                "loading its saved document panicked: {}",
+                crate::store::panic_text(&*panic)
+            ))
+        });
+        if done.send((doc, loaded)).is_err() {
+            return;
+        }
+    }
+}
+
 fn parallel_map<T: Send, U: Send>(items: Vec<T>, f: impl Fn(T) -> U + Sync) -> Vec<U> {
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)

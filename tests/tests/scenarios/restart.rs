@@ -275,3 +275,52 @@ fn a_copy_of_the_records_that_does_not_match_is_not_used() {
         assert!(from_snapshots(park) < all, "the {what} copy was used");
     }
 }
+
+/// A snapshot whose saved document does not load (its bytes damaged on disk), or that is cut
+/// short, stops the start with an error naming the document and the store as damaged; nothing
+/// panics, and `repair` brings back the same registry from the stored changes.
+#[test]
+fn a_damaged_snapshot_stops_the_start_and_names_its_document() {
+    let (mut fed, ledger, view, digest) = two_parks_with_a_tail();
+    let park = fed.park(0);
+    park.replica().snapshot_all().expect("snapshot");
+    let bytes = park
+        .replica()
+        .store()
+        .snapshot(&ledger)
+        .expect("read")
+        .expect("the ledger has a snapshot");
+    let meta_len = u64::from_be_bytes(bytes[..8].try_into().expect("header")) as usize;
+    // The saved document's body, past its header, overwritten.
+    let mut body = bytes.clone();
+    let start = 8 + meta_len + 16;
+    assert!(
+        body.len() > start + 64,
+        "a saved document follows the metadata"
+    );
+    body[start..start + 64].fill(0xA5);
+    let mut cut = bytes.clone();
+    cut.truncate(8 + meta_len / 2);
+    for (what, damaged) in [("a damaged body", body), ("a cut snapshot", cut)] {
+        park.replica()
+            .store()
+            .put_snapshot(&ledger, &damaged)
+            .expect("write");
+        park.replica().store().flush().expect("flush");
+        park.close();
+        match park.dir.open_replica() {
+            Err(kervan_node::data_dir::DataDirError::Damaged { why, .. }) => {
+                assert!(
+                    why.contains(&format!("snapshot of {ledger} is corrupt")),
+                    "{what}: {why}"
+                );
+            }
+            Err(other) => panic!("{what}: not reported as damaged: {other}"),
+            Ok(_) => panic!("{what}: the start used it"),
+        }
+        let repaired = park.dir.repair(false).expect("repair");
+        assert!(repaired.needed, "{what}");
+        assert_eq!(park.view(), view, "{what}: repaired");
+        assert_eq!(park.digest(), digest, "{what}: repaired");
+    }
+}
