@@ -211,11 +211,20 @@ impl DataDir {
 
     /// Opens the store, drawing its epoch the first time.
     pub fn open_store(&self) -> Result<SledStore, DataDirError> {
+        self.open_store_by(SledStore::open)
+    }
+
+    /// Opens the store with `open` ([`SledStore::open`], or [`SledStore::open_deferred`] for a
+    /// replica, which counts the changes against the seal in its own scan of them).
+    fn open_store_by(
+        &self,
+        open: fn(&Path) -> Result<SledStore, StoreError>,
+    ) -> Result<SledStore, DataDirError> {
         // A store closed a moment ago (by a process that is exiting) may still be locked for
         // a little while: try again for up to 5 s before calling it in use.
         let mut attempts = 0;
         let store = loop {
-            match SledStore::open(&self.path("store")) {
+            match open(&self.path("store")) {
                 Ok(s) => break s,
                 // sled reports its lock as an I/O error whose text names the lock.
                 Err(StoreError::Sled(sled::Error::Io(io)))
@@ -334,7 +343,7 @@ impl DataDir {
     /// Opens the replica of a node that has joined.
     pub fn open_replica(&self) -> Result<Replica<SledStore>, DataDirError> {
         let config = self.config()?;
-        let store = self.open_store()?;
+        let store = self.open_store_by(SledStore::open_deferred)?;
         let pinned = store
             .meta("federation")?
             .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())

@@ -775,7 +775,9 @@ impl<S: Store> Replica<S> {
             None
         };
         let mut stored: HashSet<(DocId, Hash)> = HashSet::new();
+        let mut held = 0u64;
         self.store.for_each_change(&mut |d, h, env| {
+            held += 1;
             match SignedChange::decode(env, usize::MAX) {
                 Ok(e) if e.doc == d => {}
                 Ok(e) => {
@@ -794,6 +796,8 @@ impl<S: Store> Replica<S> {
             stored.insert((d, h));
             Ok(())
         })?;
+        // The same pass counts the changes against the store's seal, if it opened without.
+        self.store.changes_counted(held)?;
         let mut slots = HashMap::new();
         for (d, a, s, h) in self.store.slots()? {
             if stored.contains(&(d.clone(), h)) || self.store.is_rejected(Some(&d), &h)? {

@@ -108,6 +108,10 @@ pub trait Store: Send {
         Ok(())
     }
     fn change_count(&self) -> usize;
+    /// Hands over the number of changes a scan of the whole store (`for_each_change`, before
+    /// anything was written) found, for a store that did not count them when it opened;
+    /// refuses the store if it holds fewer than were stored and flushed.
+    fn changes_counted(&self, held: u64) -> Result<(), StoreError>;
     /// Records which verified change holds a slot (doc, actor, seq); the first one keeps it.
     fn put_slot(&self, doc: &DocId, actor: &Actor, seq: u64, hash: &Hash)
     -> Result<(), StoreError>;
@@ -174,6 +178,10 @@ struct Seal {
     changes: std::sync::atomic::AtomicU64,
     /// What the file says.
     written: std::sync::atomic::AtomicU64,
+    /// Whether `changes` was counted and checked against the file: a store opened with
+    /// [`SledStore::open_deferred`] is counted by the first scan of its changes, or before
+    /// anything that needs the count.
+    counted: std::sync::atomic::AtomicBool,
 }
 
 /// The seal's file name inside the store directory.
@@ -205,12 +213,32 @@ impl SledStore {
     /// Opens the store at `path`, refusing it if it holds fewer changes than its seal says.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let store = Self::open_unsealed(path)?;
-        let sealed = std::fs::read_to_string(&store.seal.path)
+        store.ensure_counted()?;
+        Ok(store)
+    }
+
+    /// Opens the store at `path` without counting its changes yet: the caller scans them all
+    /// before it writes anything and hands the count to [`Store::changes_counted`], which
+    /// refuses the store as [`SledStore::open`] does. Anything that needs the count before
+    /// that (a write, a flush) counts them first.
+    pub fn open_deferred(path: &Path) -> Result<Self, StoreError> {
+        Self::open_unsealed(path)
+    }
+
+    fn ensure_counted(&self) -> Result<(), StoreError> {
+        if self.seal.counted.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.check_count(self.changes.len() as u64)
+    }
+
+    /// Takes `held` as the number of stored changes, and refuses the store if its seal says
+    /// more were stored and flushed.
+    fn check_count(&self, held: u64) -> Result<(), StoreError> {
+        let sealed = std::fs::read_to_string(&self.seal.path)
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok());
-        let held = store.seal.changes.load(std::sync::atomic::Ordering::SeqCst);
-        store
-            .seal
+        self.seal
             .written
             .store(sealed.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
         if let Some(sealed) = sealed.filter(|s| *s > held) {
@@ -219,7 +247,13 @@ impl SledStore {
                  its files were truncated or overwritten"
             )));
         }
-        Ok(store)
+        self.seal
+            .changes
+            .store(held, std::sync::atomic::Ordering::SeqCst);
+        self.seal
+            .counted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// Opens the store without looking at its seal: to read what is left of a damaged one.
@@ -247,8 +281,9 @@ impl SledStore {
         let changes = db.open_tree("changes")?;
         let seal = std::sync::Arc::new(Seal {
             path: path.join(SEAL_FILE),
-            changes: std::sync::atomic::AtomicU64::new(changes.len() as u64),
+            changes: std::sync::atomic::AtomicU64::new(0),
             written: std::sync::atomic::AtomicU64::new(0),
+            counted: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Self {
             meta: db.open_tree("meta")?,
@@ -418,6 +453,7 @@ impl Store for SledStore {
     }
 
     fn put_change(&self, doc: &DocId, hash: &Hash, envelope: &[u8]) -> Result<(), StoreError> {
+        self.ensure_counted()?;
         if self
             .changes
             .insert(doc_key(Some(doc), hash), envelope)?
@@ -438,6 +474,7 @@ impl Store for SledStore {
     }
 
     fn remove_change(&self, doc: &DocId, hash: &Hash) -> Result<(), StoreError> {
+        self.ensure_counted()?;
         let key = doc_key(Some(doc), hash);
         if !self.changes.contains_key(&key)? {
             return Ok(());
@@ -487,7 +524,15 @@ impl Store for SledStore {
     }
 
     fn change_count(&self) -> usize {
+        // Counted at open, or by the replica's first scan before anything asks.
         self.seal.changes.load(std::sync::atomic::Ordering::SeqCst) as usize
+    }
+
+    fn changes_counted(&self, held: u64) -> Result<(), StoreError> {
+        if self.seal.counted.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.check_count(held)
     }
 
     fn put_slot(
@@ -623,6 +668,7 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        self.ensure_counted()?;
         // The seal must never say more than the files hold: a count that went down (a change
         // dropped) is written before the flush, one that went up after it.
         let n = self.seal.changes.load(std::sync::atomic::Ordering::SeqCst);
@@ -676,5 +722,51 @@ mod tests {
             .change(&DocId::Federation, &Hash([1; 32]))
             .expect("read");
         assert_eq!(other, None, "changes are keyed by document");
+    }
+
+    /// A store opened without counting its changes is refused as `open` refuses it once the
+    /// count handed over says it holds fewer than its seal; a write or a flush before any
+    /// count counts the changes first, so the seal never goes down.
+    #[test]
+    fn a_deferred_count_checks_the_seal_as_open_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let doc: DocId = "park/kg-htp".parse().expect("doc");
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            for i in 0..3u8 {
+                store
+                    .put_change(&doc, &Hash([i; 32]), b"envelope")
+                    .expect("change");
+            }
+            store.flush().expect("flush");
+        }
+        let read_seal = || {
+            std::fs::read_to_string(dir.path().join(SEAL_FILE))
+                .expect("seal")
+                .trim()
+                .to_owned()
+        };
+        assert_eq!(read_seal(), "3");
+        {
+            let store = SledStore::open_deferred(dir.path()).expect("open");
+            match store.changes_counted(2) {
+                Err(StoreError::Damaged(why)) => {
+                    assert!(why.contains("3 signed changes were stored"), "{why}");
+                }
+                other => panic!("a count below the seal was taken: {other:?}"),
+            }
+            store.changes_counted(3).expect("the true count");
+            assert_eq!(store.change_count(), 3);
+        }
+        {
+            // Written to before any count: the changes are counted first.
+            let store = SledStore::open_deferred(dir.path()).expect("open");
+            store
+                .put_change(&doc, &Hash([9; 32]), b"envelope")
+                .expect("change");
+            store.flush().expect("flush");
+            assert_eq!(store.change_count(), 4);
+        }
+        assert_eq!(read_seal(), "4");
     }
 }
