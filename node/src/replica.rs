@@ -774,7 +774,8 @@ impl<S: Store> Replica<S> {
         } else {
             None
         };
-        let mut stored: HashSet<(DocId, Hash)> = HashSet::new();
+        // By document, so a lookup needs no copy of the document's id.
+        let mut stored: HashMap<DocId, HashSet<Hash>> = HashMap::new();
         let mut held = 0u64;
         self.store.for_each_change(&mut |d, h, env| {
             held += 1;
@@ -793,14 +794,16 @@ impl<S: Store> Replica<S> {
                     });
                 }
             }
-            stored.insert((d, h));
+            stored.entry(d).or_default().insert(h);
             Ok(())
         })?;
         // The same pass counts the changes against the store's seal, if it opened without.
         self.store.changes_counted(held)?;
         let mut slots = HashMap::new();
         for (d, a, s, h) in self.store.slots()? {
-            if stored.contains(&(d.clone(), h)) || self.store.is_rejected(Some(&d), &h)? {
+            if stored.get(&d).is_some_and(|s| s.contains(&h))
+                || self.store.is_rejected(Some(&d), &h)?
+            {
                 slots.insert((d, a, s), h);
             }
         }
@@ -820,9 +823,16 @@ impl<S: Store> Replica<S> {
         let covered = |docs: &BTreeMap<DocId, DocState>, doc: &DocId, h: &Hash| {
             docs.get(doc).is_some_and(|d| d.accepted.contains_key(h))
         };
+        let docs = &self.docs;
         let mut tail_keys: Vec<(DocId, Hash)> = stored
             .into_iter()
-            .filter(|(doc, h)| !covered(&self.docs, doc, h))
+            .flat_map(|(doc, hashes)| {
+                hashes
+                    .into_iter()
+                    .filter(|h| !covered(docs, &doc, h))
+                    .map(|h| (doc.clone(), h))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         tail_keys.sort();
         let mut tail = Vec::with_capacity(tail_keys.len());
