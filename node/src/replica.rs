@@ -881,11 +881,12 @@ impl<S: Store> Replica<S> {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            snapshots.push((DocId::Federation, bytes));
+            snapshots.push((DocId::Federation, bytes, Ok(None)));
             for park in parks {
                 let doc = DocId::Ledger(park);
                 if let Some(bytes) = self.store.snapshot(&doc)? {
-                    snapshots.push((doc, bytes));
+                    let copy = self.store.ledger_records(&doc).map_err(|e| e.to_string());
+                    snapshots.push((doc, bytes, copy));
                 }
             }
         }
@@ -901,16 +902,30 @@ impl<S: Store> Replica<S> {
             doc: doc.clone(),
             why,
         };
-        let mut states = Vec::with_capacity(loading.metas.len());
+        let mut states = Vec::with_capacity(loading.order.len());
         let mut indexed = HashSet::new();
-        for (doc, meta) in &loading.metas {
-            let state = DocState::decode_meta(meta).map_err(|why| snapshot_error(doc, why))?;
+        // The workers read the metadata (and decode the copies) first; they arrive in any
+        // order and are taken in in the order of `loading.order`.
+        let mut early = HashMap::new();
+        for (i, doc) in loading.order.iter().enumerate() {
+            let read = loop {
+                if let Some(read) = early.remove(&i) {
+                    break read;
+                }
+                match loading.metas.recv() {
+                    Ok((j, read)) => {
+                        loading.taken();
+                        early.insert(j, read);
+                    }
+                    Err(_) => break Err("its metadata was not read".to_owned()),
+                }
+            };
+            let (state, records) = read.map_err(|why| snapshot_error(doc, why))?;
             for r in &state.registrations {
                 self.registry.add(r);
             }
             if let Some(park) = doc.park() {
-                // One ledger at a time: each copy is dropped once indexed.
-                match self.ledger_records(doc, park, &state) {
+                match records {
                     Ok(Some(records)) => {
                         self.stats.records_from_snapshots += records.len() as u64;
                         self.index.load_ledger(park, records);
@@ -939,27 +954,6 @@ impl<S: Store> Replica<S> {
             self.docs.insert(doc, state);
         }
         Ok(indexed)
-    }
-
-    /// The copy of a ledger's records kept beside its snapshot, if there is one made from the
-    /// snapshot's changes (a copy from another snapshot, older or newer, is not used).
-    fn ledger_records(
-        &self,
-        doc: &DocId,
-        park: &ParkId,
-        state: &DocState,
-    ) -> Result<Option<LedgerRecords>, String> {
-        let Some(bytes) = self.store.ledger_records(doc).map_err(|e| e.to_string())? else {
-            return Ok(None);
-        };
-        let body = bytes
-            .strip_prefix(RECORDS_MAGIC)
-            .ok_or("not a copy of ledger records (bad magic bytes)")?;
-        let (tag, json) = body.split_at_checked(32).ok_or("truncated")?;
-        if tag != state.tag().0 {
-            return Ok(None);
-        }
-        LedgerRecords::decode(park, json).map(Some)
     }
 
     /// Throws away every derived state and rebuilds it from the stored signed changes alone.
@@ -2598,73 +2592,181 @@ impl IndexedRecord {
 }
 
 /// Maps `items` on up to as many scoped threads as there are cores, keeping their order.
-/// Snapshots read from the store whose saved Automerge documents load on worker threads, one
-/// document at a time each, the largest first.
+/// The copy of a ledger's records kept beside its snapshot (`bytes`, as stored), if there is
+/// one made from the snapshot's changes (a copy from another snapshot, older or newer, is not
+/// used).
+fn records_from_copy(
+    bytes: Option<Vec<u8>>,
+    park: &ParkId,
+    state: &DocState,
+) -> Result<Option<LedgerRecords>, String> {
+    let Some(bytes) = bytes else {
+        return Ok(None);
+    };
+    let body = bytes
+        .strip_prefix(RECORDS_MAGIC)
+        .ok_or("not a copy of ledger records (bad magic bytes)")?;
+    let (tag, json) = body.split_at_checked(32).ok_or("truncated")?;
+    if tag != state.tag().0 {
+        return Ok(None);
+    }
+    LedgerRecords::decode(park, json).map(Some)
+}
+
+/// What a worker reads of a snapshot's metadata: the document's state (with an empty
+/// document) and, for a ledger, the copy of its records, if usable, or why not.
+type MetaRead = Result<(DocState, Result<Option<LedgerRecords>, String>), String>;
+
+/// A ledger's stored copy of its records, as read from the store (or why it could not be).
+type StoredCopy = Result<Option<Vec<u8>>, String>;
+
+/// A snapshot to read: its metadata and, for a ledger, the stored copy of its records.
+struct MetaJob {
+    index: usize,
+    doc: DocId,
+    meta: Vec<u8>,
+    copy: StoredCopy,
+}
+
+/// What the workers of [`Loading`] have left to do: the metadata first, as the replica's
+/// thread waits for it, then the saved documents, the largest last.
+struct Jobs {
+    metas: VecDeque<MetaJob>,
+    saved: Vec<(DocId, Vec<u8>)>,
+    /// Metadata read and not yet taken in by the replica's thread: a worker reads more only
+    /// while fewer than [`META_AHEAD`] wait (each may hold a ledger's decoded records), or once
+    /// no saved document is left to load.
+    waiting: usize,
+}
+
+/// How many read snapshots' metadata (with their decoded records) may wait for the replica's
+/// thread.
+const META_AHEAD: usize = 1;
+
+/// Snapshots read from the store, whose metadata, copies of records and saved Automerge
+/// documents are decoded on worker threads, one job at a time each.
 struct Loading {
-    /// Each snapshot's metadata, the federation document's first, then the ledgers'.
-    metas: Vec<(DocId, Vec<u8>)>,
+    /// The documents, the federation document first, then the ledgers.
+    order: Vec<DocId>,
+    metas: std::sync::mpsc::Receiver<(usize, MetaRead)>,
     docs: std::sync::mpsc::Receiver<(DocId, Result<AutoCommit, String>)>,
-    count: usize,
+    jobs: std::sync::Arc<std::sync::Mutex<Jobs>>,
 }
 
 impl Loading {
-    fn start(snapshots: Vec<(DocId, Vec<u8>)>) -> Result<Self, ReplicaError> {
-        let mut metas = Vec::with_capacity(snapshots.len());
-        for (doc, bytes) in &snapshots {
+    fn start(snapshots: Vec<(DocId, Vec<u8>, StoredCopy)>) -> Result<Self, ReplicaError> {
+        let mut order = Vec::with_capacity(snapshots.len());
+        let mut jobs = Jobs {
+            metas: VecDeque::with_capacity(snapshots.len()),
+            saved: Vec::with_capacity(snapshots.len()),
+            waiting: 0,
+        };
+        for (index, (doc, bytes, copy)) in snapshots.into_iter().enumerate() {
             let (meta, _) =
-                DocState::split_snapshot(bytes).map_err(|why| ReplicaError::Snapshot {
+                DocState::split_snapshot(&bytes).map_err(|why| ReplicaError::Snapshot {
                     doc: doc.clone(),
                     why,
                 })?;
-            metas.push((doc.clone(), meta.to_vec()));
+            jobs.metas.push_back(MetaJob {
+                index,
+                doc: doc.clone(),
+                meta: meta.to_vec(),
+                copy,
+            });
+            order.push(doc.clone());
+            jobs.saved.push((doc, bytes));
         }
-        let count = snapshots.len();
-        let mut queue = snapshots;
         // Popped from the end: the largest last in the vector.
-        queue.sort_by_key(|(_, bytes)| bytes.len());
-        let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
-        let (tx, docs) = std::sync::mpsc::channel();
+        jobs.saved.sort_by_key(|(_, bytes)| bytes.len());
+        let count = order.len();
+        let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs));
+        let (meta_tx, metas) = std::sync::mpsc::channel();
+        let (doc_tx, docs) = std::sync::mpsc::channel();
         let threads = std::thread::available_parallelism()
             .map_or(1, std::num::NonZeroUsize::get)
             .min(count);
         for _ in 0..threads {
-            let (q, t) = (queue.clone(), tx.clone());
+            let (j, m, d) = (jobs.clone(), meta_tx.clone(), doc_tx.clone());
             let spawned = std::thread::Builder::new()
                 .name("snapshot-load".into())
-                .spawn(move || load_saved(&q, &t));
+                .spawn(move || work_loading(&j, &m, &d));
             if spawned.is_err() {
-                // No thread to spare: the documents are loaded here.
-                load_saved(&queue, &tx);
+                // No thread to spare: the work is done here.
+                work_loading(&jobs, &meta_tx, &doc_tx);
             }
         }
-        Ok(Self { metas, docs, count })
+        Ok(Self {
+            order,
+            metas,
+            docs,
+            jobs,
+        })
     }
 
-    /// Waits for every document.
+    /// Tells the workers that the replica's thread took in one snapshot's metadata.
+    fn taken(&self) {
+        if let Ok(mut j) = self.jobs.lock() {
+            j.waiting = j.waiting.saturating_sub(1);
+        }
+    }
+
+    /// Waits for every saved document.
     fn wait(self) -> HashMap<DocId, Result<AutoCommit, String>> {
-        self.docs.iter().take(self.count).collect()
+        self.docs.iter().take(self.order.len()).collect()
     }
 }
 
-/// A worker of [`Loading`]: loads saved documents until none is left (or nobody waits).
-fn load_saved(
-    queue: &std::sync::Mutex<Vec<(DocId, Vec<u8>)>>,
-    done: &std::sync::mpsc::Sender<(DocId, Result<AutoCommit, String>)>,
+/// The text of a panic caught in a worker of [`Loading`].
+fn worker_panic(what: &str, panic: &(dyn std::any::Any + Send)) -> String {
+    format!("{what} panicked: {}", crate::store::panic_text(panic))
+}
+
+/// A worker of [`Loading`]: reads metadata, then loads saved documents, until nothing is left
+/// (or nobody waits).
+fn work_loading(
+    jobs: &std::sync::Mutex<Jobs>,
+    metas: &std::sync::mpsc::Sender<(usize, MetaRead)>,
+    docs: &std::sync::mpsc::Sender<(DocId, Result<AutoCommit, String>)>,
 ) {
     loop {
-        let next = queue.lock().map_or(None, |mut q| q.pop());
-        let Some((doc, bytes)) = next else { return };
+        let (meta, saved) = match jobs.lock() {
+            Ok(mut j) => {
+                if !j.metas.is_empty() && (j.waiting < META_AHEAD || j.saved.is_empty()) {
+                    j.waiting += 1;
+                    (j.metas.pop_front(), None)
+                } else {
+                    match j.saved.pop() {
+                        Some(s) => (None, Some(s)),
+                        None => (j.metas.pop_front(), None),
+                    }
+                }
+            }
+            Err(_) => return,
+        };
+        if let Some(job) = meta {
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let state = DocState::decode_meta(&job.meta)?;
+                let records = match job.doc.park() {
+                    Some(park) => job
+                        .copy
+                        .and_then(|bytes| records_from_copy(bytes, park, &state)),
+                    None => Ok(None),
+                };
+                Ok((state, records))
+            }))
+            .unwrap_or_else(|panic| Err(worker_panic("reading its metadata", &*panic)));
+            if metas.send((job.index, read)).is_err() {
+                return;
+            }
+            continue;
+        }
+        let Some((doc, bytes)) = saved else { return };
         let loaded = std::panic::catch_unwind(|| {
             let (_, saved) = DocState::split_snapshot(&bytes)?;
             AutoCommit::load(saved).map_err(|e| e.to_string())
         })
-        .unwrap_or_else(|panic| {
-            Err(format!(
-                "loading its saved document panicked: {}",
-                crate::store::panic_text(&*panic)
-            ))
-        });
-        if done.send((doc, loaded)).is_err() {
+        .unwrap_or_else(|panic| Err(worker_panic("loading its saved document", &*panic)));
+        if docs.send((doc, loaded)).is_err() {
             return;
         }
     }
