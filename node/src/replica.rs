@@ -2629,7 +2629,8 @@ struct MetaJob {
 }
 
 /// What the workers of [`Loading`] have left to do: the metadata first, as the replica's
-/// thread waits for it, then the saved documents, the largest last.
+/// thread waits for it, then the saved documents (sorted by size, popped from the end: the
+/// largest is taken first).
 struct Jobs {
     metas: VecDeque<MetaJob>,
     saved: Vec<(DocId, Vec<u8>)>,
