@@ -8,6 +8,7 @@
 //! document from its stored signed changes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use automerge::transaction::{CommitOptions, Transactable};
@@ -234,7 +235,7 @@ impl DocState {
     }
 
     /// The state a snapshot's metadata describes, with an empty document: the saved document
-    /// is loaded apart ([`load_saved`]), as it takes most of the time.
+    /// is loaded apart ([`work_loading`]), as it takes most of the time.
     fn decode_meta(meta: &[u8]) -> Result<Self, String> {
         let meta = DocMeta::decode(meta)?;
         let mut state = Self::new(None);
@@ -823,17 +824,14 @@ impl<S: Store> Replica<S> {
         let covered = |docs: &BTreeMap<DocId, DocState>, doc: &DocId, h: &Hash| {
             docs.get(doc).is_some_and(|d| d.accepted.contains_key(h))
         };
-        let docs = &self.docs;
-        let mut tail_keys: Vec<(DocId, Hash)> = stored
-            .into_iter()
-            .flat_map(|(doc, hashes)| {
-                hashes
-                    .into_iter()
-                    .filter(|h| !covered(docs, &doc, h))
-                    .map(|h| (doc.clone(), h))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let mut tail_keys: Vec<(DocId, Hash)> = Vec::new();
+        for (doc, hashes) in stored {
+            for h in hashes {
+                if !covered(&self.docs, &doc, &h) {
+                    tail_keys.push((doc.clone(), h));
+                }
+            }
+        }
         tail_keys.sort();
         let mut tail = Vec::with_capacity(tail_keys.len());
         if tail_keys.len() > 1024 {
@@ -890,7 +888,7 @@ impl<S: Store> Replica<S> {
                 }
             }
         }
-        Loading::start(snapshots)
+        Ok(Loading::start(snapshots))
     }
 
     /// Takes in the snapshots `loading` read: each document's metadata, its registrations and
@@ -2591,7 +2589,6 @@ impl IndexedRecord {
     }
 }
 
-/// Maps `items` on up to as many scoped threads as there are cores, keeping their order.
 /// The copy of a ledger's records kept beside its snapshot (`bytes`, as stored), if there is
 /// one made from the snapshot's changes (a copy from another snapshot, older or newer, is not
 /// used).
@@ -2624,7 +2621,8 @@ type StoredCopy = Result<Option<Vec<u8>>, String>;
 struct MetaJob {
     index: usize,
     doc: DocId,
-    meta: Vec<u8>,
+    /// The whole snapshot, shared with the job that loads its saved document.
+    snapshot: Arc<Vec<u8>>,
     copy: StoredCopy,
 }
 
@@ -2633,7 +2631,7 @@ struct MetaJob {
 /// largest is taken first).
 struct Jobs {
     metas: VecDeque<MetaJob>,
-    saved: Vec<(DocId, Vec<u8>)>,
+    saved: Vec<(DocId, Arc<Vec<u8>>)>,
     /// Metadata read and not yet taken in by the replica's thread: a worker reads more only
     /// while fewer than [`META_AHEAD`] wait (each may hold a ledger's decoded records), or once
     /// no saved document is left to load.
@@ -2651,11 +2649,11 @@ struct Loading {
     order: Vec<DocId>,
     metas: std::sync::mpsc::Receiver<(usize, MetaRead)>,
     docs: std::sync::mpsc::Receiver<(DocId, Result<AutoCommit, String>)>,
-    jobs: std::sync::Arc<std::sync::Mutex<Jobs>>,
+    jobs: Arc<std::sync::Mutex<Jobs>>,
 }
 
 impl Loading {
-    fn start(snapshots: Vec<(DocId, Vec<u8>, StoredCopy)>) -> Result<Self, ReplicaError> {
+    fn start(snapshots: Vec<(DocId, Vec<u8>, StoredCopy)>) -> Self {
         let mut order = Vec::with_capacity(snapshots.len());
         let mut jobs = Jobs {
             metas: VecDeque::with_capacity(snapshots.len()),
@@ -2663,15 +2661,11 @@ impl Loading {
             waiting: 0,
         };
         for (index, (doc, bytes, copy)) in snapshots.into_iter().enumerate() {
-            let (meta, _) =
-                DocState::split_snapshot(&bytes).map_err(|why| ReplicaError::Snapshot {
-                    doc: doc.clone(),
-                    why,
-                })?;
+            let bytes = Arc::new(bytes);
             jobs.metas.push_back(MetaJob {
                 index,
                 doc: doc.clone(),
-                meta: meta.to_vec(),
+                snapshot: bytes.clone(),
                 copy,
             });
             order.push(doc.clone());
@@ -2680,7 +2674,7 @@ impl Loading {
         // Popped from the end: the largest last in the vector.
         jobs.saved.sort_by_key(|(_, bytes)| bytes.len());
         let count = order.len();
-        let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs));
+        let jobs = Arc::new(std::sync::Mutex::new(jobs));
         let (meta_tx, metas) = std::sync::mpsc::channel();
         let (doc_tx, docs) = std::sync::mpsc::channel();
         let threads = std::thread::available_parallelism()
@@ -2696,12 +2690,12 @@ impl Loading {
                 work_loading(&jobs, &meta_tx, &doc_tx);
             }
         }
-        Ok(Self {
+        Self {
             order,
             metas,
             docs,
             jobs,
-        })
+        }
     }
 
     /// Tells the workers that the replica's thread took in one snapshot's metadata.
@@ -2736,17 +2730,15 @@ fn work_loading(
                     j.waiting += 1;
                     (j.metas.pop_front(), None)
                 } else {
-                    match j.saved.pop() {
-                        Some(s) => (None, Some(s)),
-                        None => (j.metas.pop_front(), None),
-                    }
+                    (None, j.saved.pop())
                 }
             }
             Err(_) => return,
         };
         if let Some(job) = meta {
             let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let state = DocState::decode_meta(&job.meta)?;
+                let (meta, _) = DocState::split_snapshot(&job.snapshot)?;
+                let state = DocState::decode_meta(meta)?;
                 let records = match job.doc.park() {
                     Some(park) => job
                         .copy
@@ -2773,6 +2765,7 @@ fn work_loading(
     }
 }
 
+/// Maps `items` on up to as many scoped threads as there are cores, keeping their order.
 fn parallel_map<T: Send, U: Send>(items: Vec<T>, f: impl Fn(T) -> U + Sync) -> Vec<U> {
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
