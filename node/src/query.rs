@@ -814,6 +814,47 @@ impl Order {
         }
     }
 
+    /// Adds `new`, sorted by `less` and none of them in the order, in one merge with the slots
+    /// already in it, then cuts the chunks again: linear in the whole order, where inserting
+    /// them one at a time seeks and shifts a chunk for each.
+    fn merge(&mut self, new: &[Slot], less: impl Fn(Slot, Slot) -> bool) {
+        if new.is_empty() {
+            return;
+        }
+        let old: Vec<Slot> = self.iter_from((0, 0)).collect();
+        let mut all = Vec::with_capacity(old.len() + new.len());
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() && j < new.len() {
+            if less(new[j], old[i]) {
+                all.push(new[j]);
+                j += 1;
+            } else {
+                all.push(old[i]);
+                i += 1;
+            }
+        }
+        all.extend_from_slice(&old[i..]);
+        all.extend_from_slice(&new[j..]);
+        let bound = all.iter().max().map_or(0, |&s| s as usize + 1);
+        if self.at.len() < bound {
+            self.at.resize(bound, (0, 0));
+        }
+        self.seq.clear();
+        self.chunks.clear();
+        self.start.clear();
+        self.spare.clear();
+        for piece in all.chunks(CHUNK) {
+            let mut chunk = Vec::with_capacity(2 * CHUNK);
+            chunk.extend_from_slice(piece);
+            let start = u32::try_from(self.chunks.len() * CHUNK).expect("fewer than 2^32 slots");
+            let c = self.new_chunk(chunk);
+            self.start[c as usize] = start;
+            self.seq.push(c);
+            self.place(c, 0);
+        }
+        self.len = u32::try_from(all.len()).expect("fewer than 2^32 slots");
+    }
+
     /// Removes `s`, which is in the order.
     fn remove(&mut self, s: Slot) {
         let (c, i) = self.at[s as usize];
@@ -1154,6 +1195,66 @@ impl<T: Record> Table<T> {
                 (&*o.name, o.record.id()) < key
             });
         }
+    }
+
+    /// Adds many records at once (a ledger's copy of its records, at start): the new ones are
+    /// linked into the orders in one merge (see [`Order::merge`]). Answers the slots of the new
+    /// records, and the records that must be set one by one as [`Self::set`] does: those whose
+    /// id the table holds already, and the later of two with one id.
+    fn extend(&mut self, records: Vec<T>) -> (Vec<Slot>, Vec<T>) {
+        let mut added = Vec::with_capacity(records.len());
+        let mut again = Vec::new();
+        for r in records {
+            if self.find(r.id()).is_some() {
+                again.push(r);
+                continue;
+            }
+            let s = match self.free.pop() {
+                Some(s) => s,
+                None => self.slab.grow(),
+            };
+            *self.slab.at(s) = Some(Entry::new(r));
+            self.len += 1;
+            self.lists
+                .change(s, None, Some(&live(&self.slab, s).record));
+            added.push(s);
+        }
+        let slab = &self.slab;
+        // Stable: of two records with one id, the earlier stays and the later is set after it.
+        added.sort_by(|&a, &b| live(slab, a).record.id().cmp(live(slab, b).record.id()));
+        let mut twice = Vec::new();
+        added.dedup_by(|later, earlier| {
+            let same = live(slab, *later).record.id() == live(slab, *earlier).record.id();
+            if same {
+                twice.push(*later);
+            }
+            same
+        });
+        for s in twice {
+            let e = self
+                .slab
+                .at(s)
+                .take()
+                .expect("an indexed slot holds a record");
+            self.free.push(s);
+            self.len -= 1;
+            self.lists.change(s, Some(&e.record), None);
+            again.push(e.record);
+        }
+        let slab = &self.slab;
+        self.by_id.merge(&added, |a, b| {
+            live(slab, a).record.id() < live(slab, b).record.id()
+        });
+        if T::SEARCHED {
+            let key = |s: Slot| {
+                let e = live(slab, s);
+                (&*e.name, e.record.id())
+            };
+            let mut by_name = added.clone();
+            by_name.sort_unstable_by(|&a, &b| key(a).cmp(&key(b)));
+            self.by_name.merge(&by_name, |a, b| key(a) < key(b));
+        }
+        (added, again)
     }
 
     fn unlink(&mut self, s: Slot, id: bool, name: bool) {
@@ -1549,13 +1650,20 @@ impl Index {
 
     /// Indexes the records of `park`'s ledger, as [`Self::encode_ledger`] gave them.
     pub fn load_ledger(&mut self, park: &ParkId, records: LedgerRecords) {
-        for r in records.startups {
+        let (_, again) = self.startups.extend(records.startups);
+        for r in again {
             self.set_startup(r.id.clone(), Some(r));
         }
-        for r in records.programs {
+        let (_, again) = self.programs.extend(records.programs);
+        for r in again {
             self.set_program(r.id.clone(), Some(r));
         }
-        for r in records.applications {
+        let (added, again) = self.applications.extend(records.applications);
+        for s in added {
+            let a = &live(&self.applications.slab, s).record;
+            self.app_status.add(joined_status(&self.decisions, a), s);
+        }
+        for r in again {
             self.set_application(r.id.clone(), Some(r));
         }
         for (app, d) in records.decisions {
@@ -2675,6 +2783,87 @@ mod tests {
                 "round {round}"
             );
         }
+    }
+
+    /// A ledger's records indexed at once (`load_ledger`: one merge into each order) give the
+    /// index that setting them one at a time gives: parks loaded one after another, into an
+    /// index that already holds some of their ids (set again, replacing them), with one id
+    /// twice in a batch (the later kept).
+    #[test]
+    fn a_ledger_loaded_at_once_indexes_as_its_records_set_one_by_one() {
+        let mut rng = Rng(0x6b65_7276_616e_0002);
+        let mut source = Both::default();
+        for _ in 0..4000 {
+            source.change(&mut rng);
+        }
+        let mut both = Both::default();
+        let first: ParkId = PARKS[0].parse().expect("park");
+        let held: Vec<RecordId> = source
+            .startups
+            .keys()
+            .filter(|i| i.park() == &first)
+            .take(50)
+            .cloned()
+            .collect();
+        assert_eq!(held.len(), 50);
+        for i in held {
+            let older = gen_startup(&mut rng, i.clone());
+            both.startup(i, Some(older));
+        }
+        for park in PARKS {
+            let park: ParkId = park.parse().expect("park");
+            let mine = |i: &RecordId| i.park() == &park;
+            let mut records = LedgerRecords {
+                startups: source
+                    .startups
+                    .values()
+                    .filter(|r| mine(&r.id))
+                    .cloned()
+                    .collect(),
+                programs: source
+                    .programs
+                    .values()
+                    .filter(|r| mine(&r.id))
+                    .cloned()
+                    .collect(),
+                applications: source
+                    .apps
+                    .values()
+                    .filter(|r| mine(&r.id))
+                    .cloned()
+                    .collect(),
+                decisions: source
+                    .decisions
+                    .iter()
+                    .filter_map(|(app, by)| by.get(&park).map(|d| (app.clone(), d.clone())))
+                    .collect(),
+            };
+            assert!(records.startups.len() > 100, "{park}");
+            let twice = gen_startup(&mut rng, records.startups[7].id.clone());
+            records.startups.push(twice);
+            for r in &records.startups {
+                both.startups.insert(r.id.clone(), r.clone());
+            }
+            for r in &records.programs {
+                both.programs.insert(r.id.clone(), r.clone());
+            }
+            for r in &records.applications {
+                both.apps.insert(r.id.clone(), r.clone());
+            }
+            for (app, d) in &records.decisions {
+                both.decisions
+                    .entry(app.clone())
+                    .or_default()
+                    .insert(park.clone(), d.clone());
+            }
+            both.index.load_ledger(&park, records);
+            check_structure(&both.index);
+        }
+        assert_eq!(both.index.counts().startups, both.startups.len());
+        let qs = searches(&mut rng, &both);
+        check_startups(&both, &mut rng, &qs, 120);
+        check_programs(&both, &mut rng, &qs, 60);
+        check_applications(&both, &mut rng, 60);
     }
 
     #[test]
