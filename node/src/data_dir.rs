@@ -21,7 +21,7 @@ use kervan_protocol::{
 };
 
 use crate::config::{Config, ConfigError};
-use crate::replica::{Identity, Options, Replica, ReplicaError};
+use crate::replica::{Identity, Options, Replica, ReplicaError, Starting};
 use crate::store::{SledStore, Store, StoreError};
 
 /// Why a data directory operation failed.
@@ -342,6 +342,15 @@ impl DataDir {
 
     /// Opens the replica of a node that has joined.
     pub fn open_replica(&self) -> Result<Replica<SledStore>, DataDirError> {
+        self.open_starting()?
+            .finish()
+            .map_err(|e| self.damaged(e.into()))
+    }
+
+    /// Opens the replica far enough to answer queries, its ledgers' documents possibly still
+    /// loading (see [`Replica::open_starting`]). An error of [`Starting::finish`] is made
+    /// [`DataDirError::Damaged`] by [`Self::damaged`], as [`Self::open_replica`] does.
+    pub fn open_starting(&self) -> Result<Starting<SledStore>, DataDirError> {
         let config = self.config()?;
         let store = self.open_store_by(SledStore::open_deferred)?;
         let pinned = store
@@ -356,12 +365,12 @@ impl DataDir {
             });
         }
         let identity = self.identity(&config, &store)?;
-        Replica::open(store, pinned, Some(identity), Self::options(&config))
+        Replica::open_starting(store, pinned, Some(identity), Self::options(&config))
             .map_err(|e| self.damaged(e.into()))
     }
 
     /// Turns an error that means the store's files are damaged into [`DataDirError::Damaged`].
-    fn damaged(&self, e: DataDirError) -> DataDirError {
+    pub fn damaged(&self, e: DataDirError) -> DataDirError {
         let why = match &e {
             DataDirError::Store(s) | DataDirError::Replica(ReplicaError::Store(s)) => match s {
                 StoreError::Corrupt { .. }

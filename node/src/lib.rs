@@ -28,5 +28,7 @@ pub mod store;
 
 pub use config::Config;
 pub use data_dir::DataDir;
-pub use replica::{Collection, Identity, Options, Outcome, Replica, ReplicaError, Report};
+pub use replica::{
+    Collection, Identity, Options, Outcome, Replica, ReplicaError, Report, Starting,
+};
 pub use store::{SledStore, Store, StoreError};

@@ -725,6 +725,21 @@ impl<S: Store> Replica<S> {
         identity: Option<Identity>,
         opts: Options,
     ) -> Result<Self, ReplicaError> {
+        Self::open_starting(store, federation, identity, opts)?.finish()
+    }
+
+    /// Opens the replica far enough to answer queries. When the snapshots cover every stored
+    /// change and each ledger's copy of its records is usable, the query index is built from
+    /// those copies and the ledgers' saved documents go on loading on worker threads: the
+    /// answer is a [`Starting`] that queries its index meanwhile and becomes the replica with
+    /// [`Starting::finish`]. Otherwise (a tail to judge again, a copy missing) everything is
+    /// loaded before it returns, as [`Self::open`] does.
+    pub fn open_starting(
+        store: S,
+        federation: FederationId,
+        identity: Option<Identity>,
+        opts: Options,
+    ) -> Result<Starting<S>, ReplicaError> {
         let mut replica = Self {
             store,
             federation,
@@ -742,13 +757,14 @@ impl<S: Store> Replica<S> {
             restoring: false,
             unflushed: None,
         };
-        replica.load(true)?;
+        let unloaded = replica.load(true, true)?;
         // A node killed without its final snapshot judged its whole tail again just now:
-        // snapshot, so the next start does not do it again.
-        if replica.docs.values().any(|d| d.since_snapshot > 0) {
+        // snapshot, so the next start does not do it again. (Never with documents still
+        // loading: those start only with no tail.)
+        if unloaded.is_none() && replica.docs.values().any(|d| d.since_snapshot > 0) {
             replica.snapshot_all()?;
         }
-        Ok(replica)
+        Ok(Starting { replica, unloaded })
     }
 
     fn actor(&self) -> Option<Actor> {
@@ -756,59 +772,24 @@ impl<S: Store> Replica<S> {
     }
 
     /// Loads the state from the store: snapshots if `use_snapshots`, then every stored change
-    /// they do not cover.
-    fn load(&mut self, use_snapshots: bool) -> Result<(), ReplicaError> {
+    /// they do not cover. With `early`, and when the snapshots cover every stored change and
+    /// the index took each ledger's records from its copy, it returns as soon as the index is
+    /// built, with the ledgers' saved documents still loading (see [`Starting`]).
+    fn load(&mut self, use_snapshots: bool, early: bool) -> Result<Option<Unloaded>, ReplicaError> {
         self.docs.clear();
         self.registry = Registry::default();
         self.pending = Pending::default();
         self.index = Index::default();
-        // A slot counts only with its change: a crash between writing the slot and flushing the
-        // change can leave the slot alone, and an orphan slot would make the node's own next
-        // change at that seq look like equivocation.
-        // Every stored change is looked at here, cheaply, so a store damaged under a snapshot
-        // is noticed at start and not when its change is next served to a peer. Only the keys
-        // are kept: the envelopes the snapshots do not cover are read again below.
-        // The snapshots' saved documents load on worker threads (most of a start) while this
-        // thread checks the store and indexes the copies of the ledgers' records.
+        // Every stored change is looked at here, cheaply (`scan_store`). Only the keys are
+        // kept: the envelopes the snapshots do not cover are read again below.
+        // The snapshots' metadata and the copies of the ledgers' records are decoded on worker
+        // threads and indexed on this one while a thread of its own scans the store; their
+        // saved documents load once that is done (see [`Loading`]).
         let loading = if use_snapshots {
             Some(self.start_loading()?)
         } else {
             None
         };
-        // By document, so a lookup needs no copy of the document's id.
-        let mut stored: HashMap<DocId, HashSet<Hash>> = HashMap::new();
-        let mut held = 0u64;
-        self.store.for_each_change(&mut |d, h, env| {
-            held += 1;
-            match SignedChange::decode(env, usize::MAX) {
-                Ok(e) if e.doc == d => {}
-                Ok(e) => {
-                    return Err(StoreError::Corrupt {
-                        what: format!("changes/{d}/{h}"),
-                        why: format!("stored under {d} but signed for {}", e.doc),
-                    });
-                }
-                Err(e) => {
-                    return Err(StoreError::Corrupt {
-                        what: format!("changes/{d}/{h}"),
-                        why: format!("not a signed change: {e}"),
-                    });
-                }
-            }
-            stored.entry(d).or_default().insert(h);
-            Ok(())
-        })?;
-        // The same pass counts the changes against the store's seal, if it opened without.
-        self.store.changes_counted(held)?;
-        let mut slots = HashMap::new();
-        for (d, a, s, h) in self.store.slots()? {
-            if stored.get(&d).is_some_and(|s| s.contains(&h))
-                || self.store.is_rejected(Some(&d), &h)?
-            {
-                slots.insert((d, a, s), h);
-            }
-        }
-        self.slots = slots;
         self.frozen.clear();
         self.excluded.clear();
         for e in self.store.evidence()? {
@@ -817,20 +798,71 @@ impl<S: Store> Replica<S> {
         }
         self.registry.frozen = self.store.frozen_keys()?.into_iter().collect();
         self.stats.records_from_snapshots = 0;
-        let mut indexed = HashSet::new();
-        if let Some(loading) = loading {
-            indexed = self.finish_loading(loading)?;
-        }
-        let covered = |docs: &BTreeMap<DocId, DocState>, doc: &DocId, h: &Hash| {
-            docs.get(doc).is_some_and(|d| d.accepted.contains_key(h))
+        let (scanned, taken) = std::thread::scope(|scope| {
+            let store = &self.store;
+            let scan = std::thread::Builder::new()
+                .name("store-scan".into())
+                .spawn_scoped(scope, move || scan_store(store));
+            let taken = match &loading {
+                Some(loading) => Self::take_metadata(
+                    loading,
+                    &mut self.registry,
+                    &mut self.index,
+                    &mut self.stats,
+                ),
+                None => Ok((BTreeMap::new(), HashSet::new())),
+            };
+            let scanned = match scan {
+                Ok(scan) => scan
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                // No thread to spare: the scan runs here.
+                Err(_) => scan_store(store),
+            };
+            (scanned, taken)
+        });
+        let (stored, slots) = scanned?;
+        self.slots = slots;
+        let (mut held, indexed) = taken?;
+        let covered = |held: &BTreeMap<DocId, DocState>, doc: &DocId, h: &Hash| {
+            held.get(doc).is_some_and(|d| d.accepted.contains_key(h))
         };
         let mut tail_keys: Vec<(DocId, Hash)> = Vec::new();
         for (doc, hashes) in stored {
             for h in hashes {
-                if !covered(&self.docs, &doc, &h) {
+                if !covered(&held, &doc, &h) {
                     tail_keys.push((doc.clone(), h));
                 }
             }
+        }
+        // Queries before the documents: only when nothing is left to judge and no ledger's
+        // records must be read out of its document.
+        let early = early
+            && tail_keys.is_empty()
+            && held.contains_key(&DocId::Federation)
+            && held
+                .keys()
+                .all(|doc| doc.park().is_none() || indexed.contains(doc));
+        match loading {
+            Some(mut loading) if early => {
+                loading.open_docs();
+                // The federation document is small, and the parks' entries are read out of it.
+                let saved = loading.wait_for(&DocId::Federation);
+                if let Some(state) = held.remove(&DocId::Federation) {
+                    self.install(DocId::Federation, state, saved)?;
+                }
+                self.reindex_all(&indexed);
+                return Ok(Some(Unloaded { loading, held }));
+            }
+            Some(loading) => {
+                loading.open_docs();
+                let mut loaded = loading.wait();
+                for (doc, state) in std::mem::take(&mut held) {
+                    let saved = loaded.remove(&doc);
+                    self.install(doc, state, saved)?;
+                }
+            }
+            None => {}
         }
         tail_keys.sort();
         let mut tail = Vec::with_capacity(tail_keys.len());
@@ -856,7 +888,7 @@ impl<S: Store> Replica<S> {
         self.restoring = false;
         result?;
         self.reindex_all(&indexed);
-        Ok(())
+        Ok(None)
     }
 
     /// Reads the snapshots of the federation document and of the ledgers it registers, and
@@ -891,16 +923,18 @@ impl<S: Store> Replica<S> {
         Ok(Loading::start(snapshots))
     }
 
-    /// Takes in the snapshots `loading` read: each document's metadata, its registrations and
-    /// the copy of a ledger's records kept beside its snapshot (indexed while the saved
-    /// documents still load), then the documents. Answers the ledgers whose records were
-    /// indexed from their copies.
-    fn finish_loading(&mut self, loading: Loading) -> Result<HashSet<DocId>, ReplicaError> {
-        let snapshot_error = |doc: &DocId, why: String| ReplicaError::Snapshot {
-            doc: doc.clone(),
-            why,
-        };
-        let mut states = Vec::with_capacity(loading.order.len());
+    /// Takes in the metadata of the snapshots `loading` reads: each document's state (with an
+    /// empty document), its registrations and the copy of a ledger's records kept beside its
+    /// snapshot (indexed while the saved documents still load). Answers the states and the
+    /// ledgers whose records were indexed from their copies.
+    #[allow(clippy::type_complexity)]
+    fn take_metadata(
+        loading: &Loading,
+        registry: &mut Registry,
+        index: &mut Index,
+        stats: &mut Stats,
+    ) -> Result<(BTreeMap<DocId, DocState>, HashSet<DocId>), ReplicaError> {
+        let mut states = BTreeMap::new();
         let mut indexed = HashSet::new();
         // The workers read the metadata (and decode the copies) first; they arrive in any
         // order and are taken in in the order of `loading.order`.
@@ -918,15 +952,18 @@ impl<S: Store> Replica<S> {
                     Err(_) => break Err("its metadata was not read".to_owned()),
                 }
             };
-            let (state, records) = read.map_err(|why| snapshot_error(doc, why))?;
+            let (state, records) = read.map_err(|why| ReplicaError::Snapshot {
+                doc: doc.clone(),
+                why,
+            })?;
             for r in &state.registrations {
-                self.registry.add(r);
+                registry.add(r);
             }
             if let Some(park) = doc.park() {
                 match records {
                     Ok(Some(records)) => {
-                        self.stats.records_from_snapshots += records.len() as u64;
-                        self.index.load_ledger(park, records);
+                        stats.records_from_snapshots += records.len() as u64;
+                        index.load_ledger(park, records);
                         indexed.insert(doc.clone());
                     }
                     Ok(None) => {}
@@ -936,22 +973,30 @@ impl<S: Store> Replica<S> {
                     }
                 }
             }
-            states.push((doc.clone(), state));
+            states.insert(doc.clone(), state);
         }
-        let mut loaded = loading.wait();
-        let actor = self.actor();
-        for (doc, mut state) in states {
-            let saved = loaded
-                .remove(&doc)
-                .unwrap_or_else(|| Err("its saved document was not loaded".into()));
-            let mut am = saved.map_err(|why| snapshot_error(&doc, why))?;
-            if let Some(a) = actor {
-                am.set_actor(a.to_automerge());
-            }
-            state.doc = am;
-            self.docs.insert(doc, state);
+        Ok((states, indexed))
+    }
+
+    /// Puts a document's loaded snapshot in place: its state and its saved document, or the
+    /// error that names the snapshot as corrupt.
+    fn install(
+        &mut self,
+        doc: DocId,
+        mut state: DocState,
+        saved: Option<Result<AutoCommit, String>>,
+    ) -> Result<(), ReplicaError> {
+        let saved = saved.unwrap_or_else(|| Err("its saved document was not loaded".into()));
+        let mut am = saved.map_err(|why| ReplicaError::Snapshot {
+            doc: doc.clone(),
+            why,
+        })?;
+        if let Some(a) = self.actor() {
+            am.set_actor(a.to_automerge());
         }
-        Ok(indexed)
+        state.doc = am;
+        self.docs.insert(doc, state);
+        Ok(())
     }
 
     /// Throws away every derived state and rebuilds it from the stored signed changes alone.
@@ -959,7 +1004,7 @@ impl<S: Store> Replica<S> {
         tracing::warn!("rebuilding every document from the stored signed changes");
         self.stats.rebuilds += 1;
         self.store.clear_snapshots()?;
-        self.load(false)?;
+        self.load(false, false)?;
         self.snapshot_all()?;
         self.store.flush()?;
         Ok(())
@@ -2589,6 +2634,56 @@ impl IndexedRecord {
     }
 }
 
+/// The keys of the stored changes by document (each change decoded, not verified: a store
+/// damaged under a snapshot is noticed at start), counted against the store's seal, and the
+/// slots that count: a slot counts only with its change (a crash between writing the slot and
+/// flushing the change can leave the slot alone, and an orphan slot would make the node's own
+/// next change at that seq look like equivocation) or its rejection.
+#[allow(clippy::type_complexity)]
+fn scan_store<S: Store>(
+    store: &S,
+) -> Result<
+    (
+        HashMap<DocId, HashSet<Hash>>,
+        HashMap<(DocId, Actor, u64), Hash>,
+    ),
+    StoreError,
+> {
+    // By document, so a lookup needs no copy of the document's id.
+    let mut stored: HashMap<DocId, HashSet<Hash>> = HashMap::new();
+    let mut held = 0u64;
+    store.for_each_change(&mut |d, h, env| {
+        held += 1;
+        match SignedChange::decode(env, usize::MAX) {
+            Ok(e) if e.doc == d => {}
+            Ok(e) => {
+                return Err(StoreError::Corrupt {
+                    what: format!("changes/{d}/{h}"),
+                    why: format!("stored under {d} but signed for {}", e.doc),
+                });
+            }
+            Err(e) => {
+                return Err(StoreError::Corrupt {
+                    what: format!("changes/{d}/{h}"),
+                    why: format!("not a signed change: {e}"),
+                });
+            }
+        }
+        stored.entry(d).or_default().insert(h);
+        Ok(())
+    })?;
+    // The same pass counts the changes against the store's seal, if it opened without.
+    store.changes_counted(held)?;
+    let held_slots = store.slots()?;
+    let mut slots = HashMap::with_capacity(held_slots.len());
+    for (d, a, s, h) in held_slots {
+        if stored.get(&d).is_some_and(|s| s.contains(&h)) || store.is_rejected(Some(&d), &h)? {
+            slots.insert((d, a, s), h);
+        }
+    }
+    Ok((stored, slots))
+}
+
 /// The copy of a ledger's records kept beside its snapshot (`bytes`, as stored), if there is
 /// one made from the snapshot's changes (a copy from another snapshot, older or newer, is not
 /// used).
@@ -2627,8 +2722,8 @@ struct MetaJob {
 }
 
 /// What the workers of [`Loading`] have left to do: the metadata first, as the replica's
-/// thread waits for it, then the saved documents (sorted by size, popped from the end: the
-/// largest is taken first).
+/// thread waits for it, then the saved documents (the federation document first, then the
+/// ledgers by size, popped from the end: the largest is taken first).
 struct Jobs {
     metas: VecDeque<MetaJob>,
     saved: Vec<(DocId, Arc<Vec<u8>>)>,
@@ -2636,11 +2731,49 @@ struct Jobs {
     /// while fewer than [`META_AHEAD`] wait (each may hold a ledger's decoded records), or once
     /// no saved document is left to load.
     waiting: usize,
+    /// Whether the ledgers' saved documents may load. Not until the replica's thread has
+    /// built the index and scanned the store (see [`Loading::open_docs`]): their loads would
+    /// take the cores that work needs, and the first query waits for it, not for them.
+    docs_open: bool,
+    /// Nobody waits for the work any more (the start failed): the workers stop.
+    stopped: bool,
 }
 
+impl Jobs {
+    /// The next job for a worker, if there is one now.
+    fn next(&mut self) -> Option<Job> {
+        let doc_ready = self
+            .saved
+            .last()
+            .is_some_and(|(doc, _)| self.docs_open || *doc == DocId::Federation);
+        if !self.metas.is_empty() && (self.waiting < META_AHEAD || self.saved.is_empty()) {
+            self.waiting += 1;
+            return self.metas.pop_front().map(Job::Meta);
+        }
+        if doc_ready {
+            return self.saved.pop().map(|(doc, bytes)| Job::Saved(doc, bytes));
+        }
+        None
+    }
+
+    fn is_empty(&self) -> bool {
+        self.metas.is_empty() && self.saved.is_empty()
+    }
+}
+
+/// One job of a worker of [`Loading`].
+enum Job {
+    Meta(MetaJob),
+    Saved(DocId, Arc<Vec<u8>>),
+}
+
+/// The jobs, and the signal that wakes the workers waiting for one.
+type Shared = (std::sync::Mutex<Jobs>, std::sync::Condvar);
+
 /// How many read snapshots' metadata (with their decoded records) may wait for the replica's
-/// thread.
-const META_AHEAD: usize = 1;
+/// thread: two, so that both workers decode while it indexes (decoding a ledger's copy takes
+/// about as long as indexing it).
+const META_AHEAD: usize = 2;
 
 /// Snapshots read from the store, whose metadata, copies of records and saved Automerge
 /// documents are decoded on worker threads, one job at a time each.
@@ -2649,7 +2782,11 @@ struct Loading {
     order: Vec<DocId>,
     metas: std::sync::mpsc::Receiver<(usize, MetaRead)>,
     docs: std::sync::mpsc::Receiver<(DocId, Result<AutoCommit, String>)>,
-    jobs: Arc<std::sync::Mutex<Jobs>>,
+    /// The saved documents loaded so far (or why one could not be).
+    loaded: HashMap<DocId, Result<AutoCommit, String>>,
+    /// Every worker has stopped: nothing more will arrive.
+    done: bool,
+    jobs: Arc<Shared>,
 }
 
 impl Loading {
@@ -2659,6 +2796,8 @@ impl Loading {
             metas: VecDeque::with_capacity(snapshots.len()),
             saved: Vec::with_capacity(snapshots.len()),
             waiting: 0,
+            docs_open: false,
+            stopped: false,
         };
         for (index, (doc, bytes, copy)) in snapshots.into_iter().enumerate() {
             let bytes = Arc::new(bytes);
@@ -2671,10 +2810,12 @@ impl Loading {
             order.push(doc.clone());
             jobs.saved.push((doc, bytes));
         }
-        // Popped from the end: the largest last in the vector.
-        jobs.saved.sort_by_key(|(_, bytes)| bytes.len());
+        // Popped from the end: the federation document last in the vector, before it the
+        // largest ledger.
+        jobs.saved
+            .sort_by_key(|(doc, bytes)| (*doc == DocId::Federation, bytes.len()));
         let count = order.len();
-        let jobs = Arc::new(std::sync::Mutex::new(jobs));
+        let jobs = Arc::new((std::sync::Mutex::new(jobs), std::sync::Condvar::new()));
         let (meta_tx, metas) = std::sync::mpsc::channel();
         let (doc_tx, docs) = std::sync::mpsc::channel();
         let threads = std::thread::available_parallelism()
@@ -2686,7 +2827,11 @@ impl Loading {
                 .name("snapshot-load".into())
                 .spawn(move || work_loading(&j, &m, &d));
             if spawned.is_err() {
-                // No thread to spare: the work is done here.
+                // No thread to spare: the work is done here, all of it (nothing is held back
+                // for this thread to do first).
+                if let Ok(mut j) = jobs.0.lock() {
+                    j.docs_open = true;
+                }
                 work_loading(&jobs, &meta_tx, &doc_tx);
             }
         }
@@ -2694,20 +2839,153 @@ impl Loading {
             order,
             metas,
             docs,
+            loaded: HashMap::with_capacity(count),
+            done: count == 0,
             jobs,
+        }
+    }
+
+    /// Changes the jobs and wakes the workers waiting for one.
+    fn update(&self, f: impl FnOnce(&mut Jobs)) {
+        if let Ok(mut j) = self.jobs.0.lock() {
+            f(&mut j);
+            self.jobs.1.notify_all();
         }
     }
 
     /// Tells the workers that the replica's thread took in one snapshot's metadata.
     fn taken(&self) {
-        if let Ok(mut j) = self.jobs.lock() {
-            j.waiting = j.waiting.saturating_sub(1);
-        }
+        self.update(|j| j.waiting = j.waiting.saturating_sub(1));
     }
 
-    /// Waits for every saved document.
-    fn wait(self) -> HashMap<DocId, Result<AutoCommit, String>> {
-        self.docs.iter().take(self.order.len()).collect()
+    /// Lets the workers load the ledgers' saved documents.
+    fn open_docs(&self) {
+        self.update(|j| j.docs_open = true);
+    }
+
+    /// Takes in the saved documents loaded by now, waiting up to `timeout` for the next one.
+    /// Answers whether every one has arrived (or no more will).
+    fn poll(&mut self, timeout: std::time::Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.docs.recv_timeout(left) {
+                Ok((doc, saved)) => {
+                    self.loaded.insert(doc, saved);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => self.done = true,
+            }
+            self.done |= self.loaded.len() == self.order.len();
+        }
+        self.done
+    }
+
+    /// Waits for one saved document and takes it (`None` if it will not arrive).
+    fn wait_for(&mut self, doc: &DocId) -> Option<Result<AutoCommit, String>> {
+        while !self.done && !self.loaded.contains_key(doc) {
+            match self.docs.recv() {
+                Ok((d, saved)) => {
+                    self.loaded.insert(d, saved);
+                }
+                Err(_) => self.done = true,
+            }
+        }
+        self.loaded.remove(doc)
+    }
+
+    /// Waits for every saved document not taken yet.
+    fn wait(mut self) -> HashMap<DocId, Result<AutoCommit, String>> {
+        while !self.done {
+            match self.docs.recv() {
+                Ok((doc, saved)) => {
+                    self.loaded.insert(doc, saved);
+                }
+                Err(_) => self.done = true,
+            }
+            self.done |= self.loaded.len() == self.order.len();
+        }
+        std::mem::take(&mut self.loaded)
+    }
+}
+
+impl Drop for Loading {
+    fn drop(&mut self) {
+        // A worker waiting for a job that will never come stops.
+        self.update(|j| j.stopped = true);
+    }
+}
+
+/// The ledgers' documents still loading when a replica answers queries from its index.
+struct Unloaded {
+    loading: Loading,
+    held: BTreeMap<DocId, DocState>,
+}
+
+/// A replica that answers queries from its index while the saved documents of its ledgers
+/// may still load on worker threads (see [`Replica::open_starting`]). Everything but a query
+/// needs the documents: [`Starting::finish`] waits for them and gives the replica.
+pub struct Starting<S: Store> {
+    replica: Replica<S>,
+    unloaded: Option<Unloaded>,
+}
+
+impl<S: Store> std::fmt::Debug for Starting<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Starting")
+            .field("replica", &self.replica)
+            .field(
+                "loading",
+                &self
+                    .unloaded
+                    .as_ref()
+                    .map(|u| u.held.keys().collect::<Vec<_>>()),
+            )
+            .finish()
+    }
+}
+
+impl<S: Store> Starting<S> {
+    /// The query index, whole: built from the snapshots' copies of the ledgers' records.
+    pub fn index(&self) -> &Index {
+        &self.replica.index
+    }
+
+    pub fn federation(&self) -> FederationId {
+        self.replica.federation
+    }
+
+    /// See [`Replica::set_outbox`].
+    pub fn set_outbox(&mut self, outbox: tokio::sync::mpsc::Sender<Vec<u8>>) {
+        self.replica.set_outbox(outbox);
+    }
+
+    /// Whether the ledgers' documents were left loading once the index was built (a start
+    /// that had nothing left to judge), rather than loaded before [`Replica::open_starting`]
+    /// returned.
+    pub fn loads_in_background(&self) -> bool {
+        self.unloaded.is_some()
+    }
+
+    /// Waits up to `timeout` for the documents: answers whether [`Self::finish`] would now
+    /// return at once.
+    pub fn poll(&mut self, timeout: std::time::Duration) -> bool {
+        self.unloaded
+            .as_mut()
+            .is_none_or(|u| u.loading.poll(timeout))
+    }
+
+    /// Waits for the saved documents and puts them in place: the replica, whole. A damaged
+    /// saved document is [`ReplicaError::Snapshot`], naming it, as with [`Replica::open`].
+    pub fn finish(mut self) -> Result<Replica<S>, ReplicaError> {
+        if let Some(unloaded) = self.unloaded.take() {
+            let mut loaded = unloaded.loading.wait();
+            for (doc, state) in unloaded.held {
+                let saved = loaded.remove(&doc);
+                self.replica.install(doc, state, saved)?;
+            }
+        }
+        Ok(self.replica)
     }
 }
 
@@ -2719,48 +2997,54 @@ fn worker_panic(what: &str, panic: &(dyn std::any::Any + Send)) -> String {
 /// A worker of [`Loading`]: reads metadata, then loads saved documents, until nothing is left
 /// (or nobody waits).
 fn work_loading(
-    jobs: &std::sync::Mutex<Jobs>,
+    jobs: &Shared,
     metas: &std::sync::mpsc::Sender<(usize, MetaRead)>,
     docs: &std::sync::mpsc::Sender<(DocId, Result<AutoCommit, String>)>,
 ) {
     loop {
-        let (meta, saved) = match jobs.lock() {
-            Ok(mut j) => {
-                if !j.metas.is_empty() && (j.waiting < META_AHEAD || j.saved.is_empty()) {
-                    j.waiting += 1;
-                    (j.metas.pop_front(), None)
-                } else {
-                    (None, j.saved.pop())
+        let job = {
+            let Ok(mut j) = jobs.0.lock() else { return };
+            loop {
+                if j.stopped || j.is_empty() {
+                    return;
+                }
+                if let Some(job) = j.next() {
+                    break job;
+                }
+                j = match jobs.1.wait(j) {
+                    Ok(j) => j,
+                    Err(_) => return,
+                };
+            }
+        };
+        match job {
+            Job::Meta(job) => {
+                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let (meta, _) = DocState::split_snapshot(&job.snapshot)?;
+                    let state = DocState::decode_meta(meta)?;
+                    let records = match job.doc.park() {
+                        Some(park) => job
+                            .copy
+                            .and_then(|bytes| records_from_copy(bytes, park, &state)),
+                        None => Ok(None),
+                    };
+                    Ok((state, records))
+                }))
+                .unwrap_or_else(|panic| Err(worker_panic("reading its metadata", &*panic)));
+                if metas.send((job.index, read)).is_err() {
+                    return;
                 }
             }
-            Err(_) => return,
-        };
-        if let Some(job) = meta {
-            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let (meta, _) = DocState::split_snapshot(&job.snapshot)?;
-                let state = DocState::decode_meta(meta)?;
-                let records = match job.doc.park() {
-                    Some(park) => job
-                        .copy
-                        .and_then(|bytes| records_from_copy(bytes, park, &state)),
-                    None => Ok(None),
-                };
-                Ok((state, records))
-            }))
-            .unwrap_or_else(|panic| Err(worker_panic("reading its metadata", &*panic)));
-            if metas.send((job.index, read)).is_err() {
-                return;
+            Job::Saved(doc, bytes) => {
+                let loaded = std::panic::catch_unwind(|| {
+                    let (_, saved) = DocState::split_snapshot(&bytes)?;
+                    AutoCommit::load(saved).map_err(|e| e.to_string())
+                })
+                .unwrap_or_else(|panic| Err(worker_panic("loading its saved document", &*panic)));
+                if docs.send((doc, loaded)).is_err() {
+                    return;
+                }
             }
-            continue;
-        }
-        let Some((doc, bytes)) = saved else { return };
-        let loaded = std::panic::catch_unwind(|| {
-            let (_, saved) = DocState::split_snapshot(&bytes)?;
-            AutoCommit::load(saved).map_err(|e| e.to_string())
-        })
-        .unwrap_or_else(|panic| Err(worker_panic("loading its saved document", &*panic)));
-        if docs.send((doc, loaded)).is_err() {
-            return;
         }
     }
 }

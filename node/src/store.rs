@@ -91,7 +91,7 @@ mod hex_list {
 pub type EachChange<'a> = dyn FnMut(DocId, Hash, &[u8]) -> Result<(), StoreError> + 'a;
 
 /// What the replica needs from storage.
-pub trait Store: Send {
+pub trait Store: Send + Sync {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Stores a verified change that was not rejected.

@@ -111,11 +111,15 @@ impl Park {
 
 /// Everything a replica's query index answers, as JSON.
 pub fn view(r: &Replica<SledStore>) -> Value {
+    index_view(r.index())
+}
+
+/// Everything a query index answers, as JSON.
+pub fn index_view(index: &kervan_node::query::Index) -> Value {
     let all = Filter {
         limit: Some(500),
         ..Filter::default()
     };
-    let index = r.index();
     serde_json::json!({
         "parks": index.parks(),
         "startups": index.startups(&all).expect("query").items,

@@ -225,6 +225,52 @@ fn a_start_indexes_the_records_kept_with_the_snapshots() {
     assert_eq!(park.view(), view, "full replay");
 }
 
+/// A start whose snapshots cover every stored change (after a clean shutdown, or once a start
+/// has judged its tail) answers queries from the index it built out of the snapshots' copies
+/// while the ledgers' documents still load, and those answers are the full replica's. A start
+/// with a tail to judge again loads everything before its first answer.
+#[test]
+fn a_start_answers_queries_before_the_documents_load_only_with_nothing_left_to_judge() {
+    let (mut fed, _, view, digest) = two_parks_with_a_tail();
+    let park = fed.park(0);
+    // Dropped without its final snapshot: the tail after the last one is judged again.
+    park.close();
+    let starting = park.dir.open_starting().expect("open");
+    assert!(
+        !starting.loads_in_background(),
+        "a start with a tail answered before its documents loaded"
+    );
+    assert_eq!(
+        kervan_tests::index_view(starting.index()),
+        view,
+        "with a tail"
+    );
+    let replica = starting.finish().expect("loaded");
+    assert_eq!(replica.digest(), digest, "with a tail");
+    // That start snapshotted what it judged: the next one has nothing left to judge.
+    drop(replica);
+    let starting = park.dir.open_starting().expect("open");
+    assert!(
+        starting.loads_in_background(),
+        "the documents were loaded before the first answer"
+    );
+    assert_eq!(
+        kervan_tests::index_view(starting.index()),
+        view,
+        "answers while the documents load"
+    );
+    let mut replica = starting.finish().expect("loaded");
+    assert_eq!(replica.digest(), digest);
+    assert_eq!(kervan_tests::view(&replica), view);
+    // The replica takes writes once its documents are in place, and keeps them.
+    let mut sample = Sample::new(5);
+    let id = replica
+        .create(Collection::Startups, None, &sample.startup("KZ"))
+        .expect("write after the start");
+    drop(replica);
+    assert!(park.replica().index().startup(&id).is_some(), "{id} lost");
+}
+
 /// The copy of a ledger's records is derived data, kept outside the store's log: a copy that is
 /// unreadable, or made from other changes than the snapshot's (an older copy a crash left
 /// behind), is not used, and the start reads the records out of the document instead.
@@ -308,6 +354,21 @@ fn a_damaged_snapshot_stops_the_start_and_names_its_document() {
             .expect("write");
         park.replica().store().flush().expect("flush");
         park.close();
+        if what == "a damaged body" {
+            // The metadata and the copy of the records are sound: the start answers queries
+            // from them, and the load of the document then fails, naming it.
+            let starting = park.dir.open_starting().expect("the index is built");
+            assert!(starting.loads_in_background(), "{what}");
+            assert_eq!(kervan_tests::index_view(starting.index()), view, "{what}");
+            match starting.finish() {
+                Err(e) => assert!(
+                    e.to_string()
+                        .contains(&format!("snapshot of {ledger} is corrupt")),
+                    "{what}: {e}"
+                ),
+                Ok(_) => panic!("{what}: the start used it"),
+            }
+        }
         match park.dir.open_replica() {
             Err(kervan_node::data_dir::DataDirError::Damaged { why, .. }) => {
                 assert!(
@@ -324,3 +385,4 @@ fn a_damaged_snapshot_stops_the_start_and_names_its_document() {
         assert_eq!(park.digest(), digest, "{what}: repaired");
     }
 }
+
