@@ -1,10 +1,15 @@
 //! The replica actor: one thread owns the replica (the Automerge documents and the sled store,
 //! both synchronous and CPU-bound); async tasks reach it through a bounded channel, each
 //! command carrying its own reply channel.
+//!
+//! At start the thread may get a replica whose ledgers' documents still load (a
+//! [`Starting`]): queries ([`ReplicaHandle::query`]) are answered from its index meanwhile,
+//! and the first other command waits until the documents are in place.
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::replica::Replica;
+use crate::query::Index;
+use crate::replica::{Replica, ReplicaError, Starting};
 use crate::store::SledStore;
 
 /// Commands that may wait for the replica before senders are held back.
@@ -13,7 +18,20 @@ pub const COMMAND_CAPACITY: usize = 256;
 /// The longest changes received from peers stay unflushed while the replica is busy.
 pub const MAX_UNFLUSHED: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// While the documents load, how long the thread waits for them before it looks again for a
+/// command: the longest a query then waits.
+const LOADING_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
 type Job = Box<dyn FnOnce(&mut Replica<SledStore>) + Send>;
+type QueryJob = Box<dyn FnOnce(&Index) + Send>;
+
+/// What the replica's thread is asked to run.
+enum Command {
+    /// Anything: waits for the documents at start.
+    Replica(Job),
+    /// A read of the query index only: answered at start while the documents load.
+    Query(QueryJob),
+}
 
 /// The replica actor has stopped (shut down, or a storage failure ended it).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -23,7 +41,7 @@ pub struct Stopped;
 /// A cheap, cloneable way to reach the replica.
 #[derive(Debug, Clone)]
 pub struct ReplicaHandle {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Command>,
 }
 
 impl ReplicaHandle {
@@ -37,41 +55,110 @@ impl ReplicaHandle {
             // The caller may have gone (a client hung up); the work is done all the same.
             let _ = reply.send(f(r));
         });
-        self.tx.send(job).await.map_err(|_| Stopped)?;
+        self.tx
+            .send(Command::Replica(job))
+            .await
+            .map_err(|_| Stopped)?;
+        answer.await.map_err(|_| Stopped)
+    }
+
+    /// Runs `f` on the query index, on the replica's thread, and returns its result. Unlike
+    /// [`Self::call`], it does not wait for the documents to load at start.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Index) -> T + Send + 'static,
+    ) -> Result<T, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        let job: QueryJob = Box::new(move |index| {
+            let _ = reply.send(f(index));
+        });
+        self.tx
+            .send(Command::Query(job))
+            .await
+            .map_err(|_| Stopped)?;
         answer.await.map_err(|_| Stopped)
     }
 }
 
-/// Starts the replica's thread. It runs until every handle is dropped, then snapshots and
-/// flushes the store, and returns the outcome of that final write.
-pub fn spawn(
-    mut replica: Replica<SledStore>,
-) -> (
-    ReplicaHandle,
-    std::thread::JoinHandle<Result<(), crate::ReplicaError>>,
-) {
-    let (tx, mut rx) = mpsc::channel::<Job>(COMMAND_CAPACITY);
+/// The replica's thread, as [`spawn`] starts it.
+#[derive(Debug)]
+pub struct Spawned {
+    pub handle: ReplicaHandle,
+    /// Runs until every handle is dropped, then snapshots and flushes the store, and returns
+    /// the outcome of that final write.
+    pub thread: std::thread::JoinHandle<Result<(), ReplicaError>>,
+    /// Whether the documents loaded: an error (a damaged saved document) ends the thread.
+    pub loaded: oneshot::Receiver<Result<(), ReplicaError>>,
+}
+
+/// Starts the replica's thread on a replica that may still be loading its documents.
+pub fn spawn(starting: Starting<SledStore>) -> Spawned {
+    let (tx, mut rx) = mpsc::channel::<Command>(COMMAND_CAPACITY);
+    let (loaded_tx, loaded) = oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("replica".into())
         .spawn(move || {
-            while let Some(job) = rx.blocking_recv() {
+            let mut starting = starting;
+            let mut first = None;
+            let mut open = true;
+            while !starting.poll(std::time::Duration::ZERO) {
+                match rx.try_recv() {
+                    Ok(Command::Query(q)) => q(starting.index()),
+                    Ok(Command::Replica(job)) => {
+                        first = Some(job);
+                        break;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        starting.poll(LOADING_POLL);
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            let mut replica = match starting.finish() {
+                Ok(r) => {
+                    tracing::info!("replica loaded");
+                    let _ = loaded_tx.send(Ok(()));
+                    r
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot load the replica: stopping");
+                    // Nothing was written: every command so far was a query.
+                    let _ = loaded_tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            if let Some(job) = first {
                 job(&mut replica);
-                // Changes received from peers are flushed once nothing else waits, so a burst
-                // of gossip costs one flush and no query waits for the disk — and at the latest
-                // after MAX_UNFLUSHED, however busy the replica is.
+            }
+            while open {
                 if replica
                     .unflushed_for()
                     .is_some_and(|waited| rx.is_empty() || waited >= MAX_UNFLUSHED)
                 {
+                    // Changes received from peers are flushed once nothing else waits, so a
+                    // burst of gossip costs one flush and no query waits for the disk — and
+                    // at the latest after MAX_UNFLUSHED, however busy the replica is.
                     if let Err(e) = replica.flush_received() {
                         tracing::error!(error = %e, "cannot flush received changes: stopping");
                         return Err(e);
                     }
+                }
+                match rx.blocking_recv() {
+                    Some(Command::Replica(job)) => job(&mut replica),
+                    Some(Command::Query(q)) => q(replica.index()),
+                    None => open = false,
                 }
             }
             tracing::info!("replica stopping: writing snapshots");
             replica.snapshot_all()
         })
         .expect("the replica thread starts");
-    (ReplicaHandle { tx }, thread)
+    Spawned {
+        handle: ReplicaHandle { tx },
+        thread,
+        loaded,
+    }
 }

@@ -33,7 +33,8 @@ use crate::replica::{AuditEntry, AuditFilter, Collection, ImportError, ReplicaEr
 pub struct ApiState {
     pub replica: ReplicaHandle,
     /// The net actor; none for a node run without the network.
-    pub net: Option<crate::net::NetHandle>,
+    /// Set once the network runs (after the documents load; `None` for a node without one).
+    pub net: Arc<std::sync::OnceLock<crate::net::NetHandle>>,
     pub token: Arc<str>,
     pub metrics: Arc<Metrics>,
     /// Raised when the replica hits a storage failure: the node must stop.
@@ -319,7 +320,7 @@ pub struct StatusBody {
 /// The node: park, device, peer id, federation, state digest, counts, peers.
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, body = StatusBody), (status = 401, body = ErrorBody)))]
 async fn status(State(s): State<ApiState>) -> ApiResult<Json<StatusBody>> {
-    let peers = match &s.net {
+    let peers = match s.net.get() {
         Some(net) => net.peers().await,
         None => Vec::new(),
     };
@@ -361,7 +362,7 @@ use crate::store::Store as _;
 /// Member parks with their device keys.
 #[utoipa::path(get, path = "/v1/parks", responses((status = 200, body = Object)))]
 async fn parks(State(s): State<ApiState>) -> ApiResult<Json<Value>> {
-    let parks: Vec<Park> = s.replica.call(|r| r.index().parks()).await?;
+    let parks: Vec<Park> = s.replica.query(|index| index.parks()).await?;
     Ok(Json(json!({"items": parks, "next_cursor": null})))
 }
 
@@ -415,7 +416,7 @@ async fn list_startups(
 ) -> ApiResult<Json<Page<Startup>>> {
     let f = query(q)?.filter()?;
     Ok(Json(
-        s.replica.call(move |r| r.index().startups(&f)).await??,
+        s.replica.query(move |index| index.startups(&f)).await??,
     ))
 }
 
@@ -427,16 +428,16 @@ async fn list_programs(
 ) -> ApiResult<Json<Page<Program>>> {
     let f = query(q)?.filter()?;
     Ok(Json(
-        s.replica.call(move |r| r.index().programs(&f)).await??,
+        s.replica.query(move |index| index.programs(&f)).await??,
     ))
 }
 
 /// The record as the index answers it, as JSON.
-fn read(r: &crate::Replica<crate::SledStore>, c: Collection, id: &RecordId) -> Option<Value> {
+fn read(index: &crate::query::Index, c: Collection, id: &RecordId) -> Option<Value> {
     match c {
-        Collection::Startups => r.index().startup(id).map(|x| json!(x)),
-        Collection::Programs => r.index().program(id).map(|x| json!(x)),
-        Collection::Applications => r.index().application(id).map(|x| json!(x)),
+        Collection::Startups => index.startup(id).map(|x| json!(x)),
+        Collection::Programs => index.program(id).map(|x| json!(x)),
+        Collection::Applications => index.application(id).map(|x| json!(x)),
     }
 }
 
@@ -480,7 +481,7 @@ async fn create(s: &ApiState, c: Collection, body: Body) -> ApiResult<(StatusCod
                 None => None,
             };
             let id = r.create(c, local.as_deref(), &body)?;
-            Ok(read(r, c, &id).unwrap_or(Value::Null))
+            Ok(read(r.index(), c, &id).unwrap_or(Value::Null))
         })
         .await?;
     match result {
@@ -491,7 +492,7 @@ async fn create(s: &ApiState, c: Collection, body: Body) -> ApiResult<(StatusCod
 
 async fn fetch(s: &ApiState, c: Collection, park: &str, local: &str) -> ApiResult<Json<Value>> {
     let id = record_id(park, local)?;
-    let found = s.replica.call(move |r| read(r, c, &id)).await?;
+    let found = s.replica.query(move |index| read(index, c, &id)).await?;
     found
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no {} {park}/{local}", singular(c))))
@@ -518,7 +519,7 @@ async fn patch(
         .replica
         .call(move |r| {
             r.update(c, &id, &body)?;
-            Ok(read(r, c, &id).unwrap_or(Value::Null))
+            Ok(read(r.index(), c, &id).unwrap_or(Value::Null))
         })
         .await?;
     result.map(Json).map_err(|e| s.fail(e))
@@ -676,7 +677,7 @@ async fn list_applications(
     };
     Ok(Json(
         s.replica
-            .call(move |r| r.index().applications(&f))
+            .query(move |index| index.applications(&f))
             .await??,
     ))
 }
@@ -697,7 +698,7 @@ async fn put_decision(
         .replica
         .call(move |r| {
             r.decide(&id, &body)?;
-            Ok(read(r, Collection::Applications, &id).unwrap_or(Value::Null))
+            Ok(read(r.index(), Collection::Applications, &id).unwrap_or(Value::Null))
         })
         .await?;
     result.map(Json).map_err(|e| s.fail(e))

@@ -96,11 +96,15 @@ fn write(path: std::path::PathBuf, text: &str) -> Result<(), NodeError> {
 
 /// Starts a node of a data directory that has joined a federation.
 pub async fn start(dir: &DataDir, config: Config, o: Overrides) -> Result<RunningNode, NodeError> {
-    let mut replica = dir.open_replica()?;
-    let federation = replica.federation();
+    let mut starting = dir.open_starting()?;
+    let federation = starting.federation();
     let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
-    replica.set_outbox(outbox_tx);
-    let (handle, replica_thread) = actor::spawn(replica);
+    starting.set_outbox(outbox_tx);
+    let actor::Spawned {
+        handle,
+        thread: replica_thread,
+        loaded,
+    } = actor::spawn(starting);
     let secret = dir.signing_key()?.to_bytes();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (fatal_tx, fatal) = watch::channel(false);
@@ -115,19 +119,8 @@ pub async fn start(dir: &DataDir, config: Config, o: Overrides) -> Result<Runnin
         },
         sync_interval: o.sync_interval.unwrap_or(config.network.sync_interval),
     };
-    let (net, net_handle) = Net::start(
-        secret,
-        federation,
-        net_config,
-        handle.clone(),
-        outbox_rx,
-        shutdown_rx.clone(),
-        fatal_tx.clone(),
-    )
-    .await?;
-    let net_task = tokio::spawn(net.run());
-    let p2p_addrs = net_handle.listening().await;
 
+    // The API first: it answers queries from the index while the documents still load.
     let api_addr = o.api.unwrap_or(config.api.listen);
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
@@ -140,16 +133,17 @@ pub async fn start(dir: &DataDir, config: Config, o: Overrides) -> Result<Runnin
         source,
     })?;
     let token = dir.api_token()?;
+    let net_slot = Arc::new(std::sync::OnceLock::new());
     let state = ApiState {
         replica: handle.clone(),
-        net: Some(net_handle.clone()),
+        net: net_slot.clone(),
         token: Arc::from(token.as_str()),
         metrics: Arc::new(Metrics::default()),
-        fatal: fatal_tx,
+        fatal: fatal_tx.clone(),
         max_body: config.api.max_body_bytes,
         max_bundle: MAX_BUNDLE_BYTES,
     };
-    let mut stop = shutdown_rx;
+    let mut stop = shutdown_rx.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, api::router(state))
             .with_graceful_shutdown(async move {
@@ -157,6 +151,31 @@ pub async fn start(dir: &DataDir, config: Config, o: Overrides) -> Result<Runnin
             })
             .await
     });
+    let failure = match loaded.await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(NodeError::DataDir(dir.damaged(e.into()))),
+        Err(_) => Some(NodeError::Panicked),
+    };
+    if let Some(e) = failure {
+        return Err(abort(&shutdown, server, e).await);
+    }
+    let started = Net::start(
+        secret,
+        federation,
+        net_config,
+        handle.clone(),
+        outbox_rx,
+        shutdown_rx,
+        fatal_tx,
+    )
+    .await;
+    let (net, net_handle) = match started {
+        Ok(n) => n,
+        Err(e) => return Err(abort(&shutdown, server, e.into()).await),
+    };
+    let net_task = tokio::spawn(net.run());
+    let p2p_addrs = net_handle.listening().await;
+    let _ = net_slot.set(net_handle.clone());
     write(dir.path("api.addr"), &api_addr.to_string())?;
     let p2p_text: Vec<String> = p2p_addrs.iter().map(ToString::to_string).collect();
     write(dir.path("p2p.addr"), &p2p_text.join("\n"))?;
@@ -176,6 +195,17 @@ pub async fn start(dir: &DataDir, config: Config, o: Overrides) -> Result<Runnin
         net_task,
         replica_thread,
     })
+}
+
+/// Stops the API server of a start that failed, and answers its error.
+async fn abort(
+    shutdown: &watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    e: NodeError,
+) -> NodeError {
+    let _ = shutdown.send(true);
+    let _ = server.await;
+    e
 }
 
 impl RunningNode {

@@ -746,3 +746,73 @@ where
     .await;
     net.shutdown().await;
 }
+
+/// A node whose ledger's saved document is damaged on disk does not start: its metadata and
+/// the copy of its records are sound, so the index is built (and would answer queries), but
+/// the document's load fails, and the start fails naming the store as damaged and the
+/// document, with the API port it had opened closed again. After `repair` it starts with the
+/// same registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_saved_document_is_damaged_does_not_start() {
+    let mut net = TestNet::new(1);
+    let park = net.fed.park(0);
+    let mut sample = Sample::new(11);
+    for _ in 0..10 {
+        park.replica()
+            .create(
+                kervan_node::Collection::Startups,
+                None,
+                &sample.startup("KZ"),
+            )
+            .expect("write");
+    }
+    park.replica().snapshot_all().expect("snapshot");
+    let view = park.view();
+    let ledger: DocId = format!("park/{}", park.id).parse().expect("doc id");
+    let store = park.replica().store();
+    let mut bytes = store
+        .snapshot(&ledger)
+        .expect("read")
+        .expect("the ledger has a snapshot");
+    let meta_len = u64::from_be_bytes(bytes[..8].try_into().expect("header")) as usize;
+    let start = 8 + meta_len + 16;
+    bytes[start..start + 64].fill(0xA5);
+    store.put_snapshot(&ledger, &bytes).expect("write");
+    store.flush().expect("flush");
+    park.close();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let api: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let o = Overrides {
+        api: Some(api),
+        listen: Some(vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")]),
+        bootstrap: Some(Vec::new()),
+        sync_interval: Some(Duration::from_millis(200)),
+    };
+    let dir = park.dir.clone();
+    match node::start(&dir, dir.config().expect("config"), o).await {
+        Err(node::NodeError::DataDir(kervan_node::data_dir::DataDirError::Damaged {
+            why, ..
+        })) => assert!(
+            why.contains(&format!("snapshot of {ledger} is corrupt")),
+            "{why}"
+        ),
+        Err(other) => panic!("not reported as damaged: {other}"),
+        Ok(_) => panic!("the node started on a damaged document"),
+    }
+    std::net::TcpListener::bind(api).expect("the failed start closed its API port");
+
+    assert!(dir.repair(false).expect("repair").needed);
+    net.start_node(0).await;
+    let answered = net
+        .node(0)
+        .replica
+        .call(|r| kervan_tests::view(r))
+        .await
+        .expect("runs");
+    assert_eq!(answered, view, "repaired");
+    net.stop(0).await;
+}

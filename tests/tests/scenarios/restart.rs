@@ -386,3 +386,39 @@ fn a_damaged_snapshot_stops_the_start_and_names_its_document() {
     }
 }
 
+/// The replica's thread, started on a replica whose documents load in the background, answers
+/// queries from its index (at once, or once loaded: either way the full replica's answers) and
+/// runs a write sent right behind them once the documents are in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_thread_answers_queries_and_then_writes_while_it_starts() {
+    let (mut fed, _, view, _) = two_parks_with_a_tail();
+    let park = fed.park(0);
+    park.replica().snapshot_all().expect("snapshot");
+    park.close();
+    let starting = park.dir.open_starting().expect("open");
+    assert!(starting.loads_in_background());
+    let kervan_node::actor::Spawned {
+        handle,
+        thread,
+        loaded,
+    } = kervan_node::actor::spawn(starting);
+    let query = handle.query(kervan_tests::index_view);
+    let mut sample = Sample::new(6);
+    let startup = sample.startup("KZ");
+    let write = handle.call(move |r| r.create(Collection::Startups, None, &startup));
+    let (answered, written) = tokio::join!(query, write);
+    assert_eq!(answered.expect("runs"), view);
+    let id = written.expect("runs").expect("write accepted");
+    loaded.await.expect("told").expect("loaded");
+    let found = handle
+        .query(move |index| index.startup(&id).is_some())
+        .await
+        .expect("runs");
+    assert!(found, "the write is in the index");
+    drop(handle);
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .expect("joined")
+        .expect("no panic")
+        .expect("final snapshot");
+}
