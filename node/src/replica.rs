@@ -2782,8 +2782,10 @@ struct Loading {
     order: Vec<DocId>,
     metas: std::sync::mpsc::Receiver<(usize, MetaRead)>,
     docs: std::sync::mpsc::Receiver<(DocId, Result<AutoCommit, String>)>,
-    /// The saved documents loaded so far (or why one could not be).
+    /// The saved documents loaded so far and not taken (or why one could not be).
     loaded: HashMap<DocId, Result<AutoCommit, String>>,
+    /// How many have arrived, taken or not.
+    arrived: usize,
     /// Every worker has stopped: nothing more will arrive.
     done: bool,
     jobs: Arc<Shared>,
@@ -2840,6 +2842,7 @@ impl Loading {
             metas,
             docs,
             loaded: HashMap::with_capacity(count),
+            arrived: 0,
             done: count == 0,
             jobs,
         }
@@ -2863,6 +2866,13 @@ impl Loading {
         self.update(|j| j.docs_open = true);
     }
 
+    /// Takes in one saved document that arrived.
+    fn arrive(&mut self, doc: DocId, saved: Result<AutoCommit, String>) {
+        self.loaded.insert(doc, saved);
+        self.arrived += 1;
+        self.done |= self.arrived == self.order.len();
+    }
+
     /// Takes in the saved documents loaded by now, waiting up to `timeout` for the next one.
     /// Answers whether every one has arrived (or no more will).
     fn poll(&mut self, timeout: std::time::Duration) -> bool {
@@ -2870,13 +2880,10 @@ impl Loading {
         while !self.done {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.docs.recv_timeout(left) {
-                Ok((doc, saved)) => {
-                    self.loaded.insert(doc, saved);
-                }
+                Ok((doc, saved)) => self.arrive(doc, saved),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => self.done = true,
             }
-            self.done |= self.loaded.len() == self.order.len();
         }
         self.done
     }
@@ -2885,9 +2892,7 @@ impl Loading {
     fn wait_for(&mut self, doc: &DocId) -> Option<Result<AutoCommit, String>> {
         while !self.done && !self.loaded.contains_key(doc) {
             match self.docs.recv() {
-                Ok((d, saved)) => {
-                    self.loaded.insert(d, saved);
-                }
+                Ok((d, saved)) => self.arrive(d, saved),
                 Err(_) => self.done = true,
             }
         }
@@ -2898,12 +2903,9 @@ impl Loading {
     fn wait(mut self) -> HashMap<DocId, Result<AutoCommit, String>> {
         while !self.done {
             match self.docs.recv() {
-                Ok((doc, saved)) => {
-                    self.loaded.insert(doc, saved);
-                }
+                Ok((doc, saved)) => self.arrive(doc, saved),
                 Err(_) => self.done = true,
             }
-            self.done |= self.loaded.len() == self.order.len();
         }
         std::mem::take(&mut self.loaded)
     }
