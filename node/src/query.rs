@@ -717,6 +717,11 @@ struct Order {
 /// Chunks split in two when they reach twice this length.
 const CHUNK: usize = 512;
 
+/// A batch of records is merged into an order (see [`Order::merge`]) when it is at least
+/// 1 / this of the order's length, so each record costs a bounded share of the merge; a
+/// smaller batch is inserted one record at a time.
+const MERGE_AT_LEAST: usize = 8;
+
 /// A position in an [`Order`]: index into `seq`, index into that chunk.
 type Pos = (usize, usize);
 
@@ -1240,6 +1245,14 @@ impl<T: Record> Table<T> {
             self.len -= 1;
             self.lists.change(s, Some(&e.record), None);
             again.push(e.record);
+        }
+        if added.len().saturating_mul(MERGE_AT_LEAST) < self.by_id.len as usize {
+            // A few records into a large order (a small park's ledger, many parks): a merge
+            // would move the whole order for each.
+            for &s in &added {
+                self.link(s, true, true);
+            }
+            return (added, again);
         }
         let slab = &self.slab;
         self.by_id.merge(&added, |a, b| {
@@ -2788,7 +2801,7 @@ mod tests {
     /// A ledger's records indexed at once (`load_ledger`: one merge into each order) give the
     /// index that setting them one at a time gives: parks loaded one after another, into an
     /// index that already holds some of their ids (set again, replacing them), with one id
-    /// twice in a batch (the later kept).
+    /// twice in a batch (the later kept), and a small ledger last (linked one at a time).
     #[test]
     fn a_ledger_loaded_at_once_indexes_as_its_records_set_one_by_one() {
         let mut rng = Rng(0x6b65_7276_616e_0002);
@@ -2859,6 +2872,26 @@ mod tests {
             both.index.load_ledger(&park, records);
             check_structure(&both.index);
         }
+        // A small ledger into a large index: its records are linked one at a time.
+        let late: ParkId = "tr-late-park".parse().expect("park");
+        let mut records = LedgerRecords {
+            startups: Vec::new(),
+            programs: Vec::new(),
+            applications: Vec::new(),
+            decisions: Vec::new(),
+        };
+        for n in 0..12 {
+            let i = id(late.as_str(), format!("s{n:05}"));
+            records.startups.push(gen_startup(&mut rng, i));
+        }
+        let twice = gen_startup(&mut rng, records.startups[3].id.clone());
+        records.startups.push(twice);
+        assert!(records.startups.len() * MERGE_AT_LEAST < both.startups.len());
+        for r in &records.startups {
+            both.startups.insert(r.id.clone(), r.clone());
+        }
+        both.index.load_ledger(&late, records);
+        check_structure(&both.index);
         assert_eq!(both.index.counts().startups, both.startups.len());
         let qs = searches(&mut rng, &both);
         check_startups(&both, &mut rng, &qs, 120);
