@@ -130,6 +130,9 @@ pub fn spawn(starting: Starting<SledStore>) -> Spawned {
                     return Ok(());
                 }
             };
+            // Whether anything but a query ran: if not, the snapshots the start read (or
+            // wrote) are the replica's state, and the last step has nothing to write.
+            let mut ran = first.is_some();
             if let Some(job) = first {
                 job(&mut replica);
             }
@@ -147,10 +150,17 @@ pub fn spawn(starting: Starting<SledStore>) -> Spawned {
                     }
                 }
                 match rx.blocking_recv() {
-                    Some(Command::Replica(job)) => job(&mut replica),
+                    Some(Command::Replica(job)) => {
+                        ran = true;
+                        job(&mut replica);
+                    }
                     Some(Command::Query(q)) => q(replica.index()),
                     None => open = false,
                 }
+            }
+            if !ran {
+                tracing::info!("replica stopping: nothing changed since the start");
+                return Ok(());
             }
             tracing::info!("replica stopping: writing snapshots");
             replica.snapshot_all()

@@ -176,9 +176,15 @@ pub async fn start(dir: &DataDir, config: Config, o: Overrides) -> Result<Runnin
     let net_task = tokio::spawn(net.run());
     let p2p_addrs = net_handle.listening().await;
     let _ = net_slot.set(net_handle.clone());
-    write(dir.path("api.addr"), &api_addr.to_string())?;
     let p2p_text: Vec<String> = p2p_addrs.iter().map(ToString::to_string).collect();
-    write(dir.path("p2p.addr"), &p2p_text.join("\n"))?;
+    let written = write(dir.path("api.addr"), &api_addr.to_string())
+        .and_then(|()| write(dir.path("p2p.addr"), &p2p_text.join("\n")));
+    if let Err(e) = written {
+        // The shutdown signal stops the net actor too.
+        let e = abort(&shutdown, server, e).await;
+        let _ = net_task.await;
+        return Err(e);
+    }
     tracing::info!(park = %config.park, %api_addr, peer = %net_handle.peer_id, "node running");
     Ok(RunningNode {
         park: config.park,
