@@ -32,8 +32,8 @@ use crate::replica::{AuditEntry, AuditFilter, Collection, ImportError, ReplicaEr
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub replica: ReplicaHandle,
-    /// The net actor; none for a node run without the network.
-    /// Set once the network runs (after the documents load; `None` for a node without one).
+    /// The net actor, set once the network runs (after the documents load); never set for a
+    /// node run without the network.
     pub net: Arc<std::sync::OnceLock<crate::net::NetHandle>>,
     pub token: Arc<str>,
     pub metrics: Arc<Metrics>,

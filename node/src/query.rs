@@ -1214,15 +1214,7 @@ impl<T: Record> Table<T> {
                 again.push(r);
                 continue;
             }
-            let s = match self.free.pop() {
-                Some(s) => s,
-                None => self.slab.grow(),
-            };
-            *self.slab.at(s) = Some(Entry::new(r));
-            self.len += 1;
-            self.lists
-                .change(s, None, Some(&live(&self.slab, s).record));
-            added.push(s);
+            added.push(self.put_new(r));
         }
         let slab = &self.slab;
         // Stable: of two records with one id, the earlier stays and the later is set after it.
@@ -1236,15 +1228,7 @@ impl<T: Record> Table<T> {
             same
         });
         for s in twice {
-            let e = self
-                .slab
-                .at(s)
-                .take()
-                .expect("an indexed slot holds a record");
-            self.free.push(s);
-            self.len -= 1;
-            self.lists.change(s, Some(&e.record), None);
-            again.push(e.record);
+            again.push(self.take_out(s));
         }
         if added.len().saturating_mul(MERGE_AT_LEAST) < self.by_id.len as usize {
             // A few records into a large order (a small park's ledger, many parks): a merge
@@ -1270,6 +1254,32 @@ impl<T: Record> Table<T> {
         (added, again)
     }
 
+    /// Puts a new record in a free slot and its posting lists (not yet in the orders).
+    fn put_new(&mut self, r: T) -> Slot {
+        let s = match self.free.pop() {
+            Some(s) => s,
+            None => self.slab.grow(),
+        };
+        *self.slab.at(s) = Some(Entry::new(r));
+        self.len += 1;
+        self.lists
+            .change(s, None, Some(&live(&self.slab, s).record));
+        s
+    }
+
+    /// Takes the record of slot `s` out of the slab and its posting lists (not the orders).
+    fn take_out(&mut self, s: Slot) -> T {
+        let old = self
+            .slab
+            .at(s)
+            .take()
+            .expect("an indexed slot holds a record");
+        self.free.push(s);
+        self.len -= 1;
+        self.lists.change(s, Some(&old.record), None);
+        old.record
+    }
+
     fn unlink(&mut self, s: Slot, id: bool, name: bool) {
         if id {
             self.by_id.remove(s);
@@ -1289,29 +1299,13 @@ impl<T: Record> Table<T> {
         match (self.find(id), r) {
             (None, None) => (None, None),
             (None, Some(r)) => {
-                let e = Entry::new(r);
-                let s = match self.free.pop() {
-                    Some(s) => s,
-                    None => self.slab.grow(),
-                };
-                *self.slab.at(s) = Some(e);
-                self.len += 1;
+                let s = self.put_new(r);
                 self.link(s, true, true);
-                self.lists
-                    .change(s, None, Some(&live(&self.slab, s).record));
                 (None, Some(s))
             }
             (Some(s), None) => {
                 self.unlink(s, true, true);
-                let old = self
-                    .slab
-                    .at(s)
-                    .take()
-                    .expect("an indexed slot holds a record");
-                self.free.push(s);
-                self.len -= 1;
-                self.lists.change(s, Some(&old.record), None);
-                (Some((s, old.record)), None)
+                (Some((s, self.take_out(s))), None)
             }
             (Some(s), Some(r)) => {
                 let e = Entry::new(r);
