@@ -50,16 +50,9 @@ impl ReplicaHandle {
         &self,
         f: impl FnOnce(&mut Replica<SledStore>) -> T + Send + 'static,
     ) -> Result<T, Stopped> {
-        let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |r| {
-            // The caller may have gone (a client hung up); the work is done all the same.
-            let _ = reply.send(f(r));
-        });
-        self.tx
-            .send(Command::Replica(job))
+        // The caller may have gone (a client hung up); the work is done all the same.
+        self.ask(|reply| Command::Replica(Box::new(move |r| drop(reply.send(f(r))))))
             .await
-            .map_err(|_| Stopped)?;
-        answer.await.map_err(|_| Stopped)
     }
 
     /// Runs `f` on the query index, on the replica's thread, and returns its result. Unlike
@@ -68,14 +61,14 @@ impl ReplicaHandle {
         &self,
         f: impl FnOnce(&Index) -> T + Send + 'static,
     ) -> Result<T, Stopped> {
-        let (reply, answer) = oneshot::channel();
-        let job: QueryJob = Box::new(move |index| {
-            let _ = reply.send(f(index));
-        });
-        self.tx
-            .send(Command::Query(job))
+        self.ask(|reply| Command::Query(Box::new(move |index| drop(reply.send(f(index))))))
             .await
-            .map_err(|_| Stopped)?;
+    }
+
+    /// Sends the command `make` builds around a reply channel, and waits for the reply.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| Stopped)?;
         answer.await.map_err(|_| Stopped)
     }
 }
@@ -101,7 +94,7 @@ pub fn spawn(starting: Starting<SledStore>) -> Spawned {
             let mut starting = starting;
             let mut first = None;
             let mut open = true;
-            while !starting.poll(std::time::Duration::ZERO) {
+            loop {
                 match rx.try_recv() {
                     Ok(Command::Query(q)) => q(starting.index()),
                     Ok(Command::Replica(job)) => {
@@ -109,7 +102,9 @@ pub fn spawn(starting: Starting<SledStore>) -> Spawned {
                         break;
                     }
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        starting.poll(LOADING_POLL);
+                        if starting.poll(LOADING_POLL) {
+                            break;
+                        }
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         open = false;
@@ -170,5 +165,58 @@ pub fn spawn(starting: Starting<SledStore>) -> Spawned {
         handle: ReplicaHandle { tx },
         thread,
         loaded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// While the documents load, a query is answered from the index and a write waits; once
+    /// they are in place the write runs and the load is reported.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queries_are_answered_while_the_documents_load_and_writes_wait() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_, dirs) = crate::demo::prepare(tmp.path(), 1, 5, 1).expect("prepare");
+        let replica = dirs[0].open_replica().expect("open");
+        let counts = replica.index().counts();
+        assert_eq!(counts.startups, 5);
+        let (starting, release) = Starting::held_back(replica);
+        let Spawned {
+            handle,
+            thread,
+            mut loaded,
+        } = spawn(starting);
+        let answered = tokio::time::timeout(Duration::from_secs(10), handle.query(Index::counts))
+            .await
+            .expect("a query waited for the documents")
+            .expect("runs");
+        assert_eq!(answered.startups, counts.startups, "answered while loading");
+        let write = tokio::spawn({
+            let handle = handle.clone();
+            async move {
+                handle
+                    .call(|r| r.index().counts().startups)
+                    .await
+                    .expect("runs")
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !write.is_finished(),
+            "a write ran before the documents loaded"
+        );
+        assert!(loaded.try_recv().is_err(), "reported loaded too early");
+        drop(release);
+        assert_eq!(write.await.expect("joined"), counts.startups);
+        loaded.await.expect("told").expect("loaded");
+        drop(handle);
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("joined")
+            .expect("no panic")
+            .expect("final write");
     }
 }

@@ -2977,6 +2977,40 @@ impl<S: Store> Starting<S> {
             .is_none_or(|u| u.loading.poll(timeout))
     }
 
+    /// A replica that is whole, wrapped as if its documents still loaded until the answered
+    /// sender is dropped (tests of what waits for them).
+    #[cfg(test)]
+    pub(crate) fn held_back(
+        replica: Replica<S>,
+    ) -> (
+        Self,
+        std::sync::mpsc::Sender<(DocId, Result<AutoCommit, String>)>,
+    ) {
+        let (_, metas) = std::sync::mpsc::channel();
+        let (release, docs) = std::sync::mpsc::channel();
+        let jobs = Jobs {
+            metas: VecDeque::new(),
+            saved: Vec::new(),
+            waiting: 0,
+            docs_open: true,
+            stopped: false,
+        };
+        let loading = Loading {
+            order: vec![DocId::Federation],
+            metas,
+            docs,
+            loaded: HashMap::new(),
+            arrived: 0,
+            done: false,
+            jobs: Arc::new((std::sync::Mutex::new(jobs), std::sync::Condvar::new())),
+        };
+        let unloaded = Some(Unloaded {
+            loading,
+            held: BTreeMap::new(),
+        });
+        (Self { replica, unloaded }, release)
+    }
+
     /// Waits for the saved documents and puts them in place: the replica, whole. A damaged
     /// saved document is [`ReplicaError::Snapshot`], naming it, as with [`Replica::open`].
     pub fn finish(mut self) -> Result<Replica<S>, ReplicaError> {
