@@ -2767,6 +2767,9 @@ enum Job {
     Saved(DocId, Arc<Vec<u8>>),
 }
 
+/// A saved document a worker loaded (or why it could not).
+type LoadedDoc = (DocId, Result<AutoCommit, String>);
+
 /// The jobs, and the signal that wakes the workers waiting for one.
 type Shared = (std::sync::Mutex<Jobs>, std::sync::Condvar);
 
@@ -2781,7 +2784,7 @@ struct Loading {
     /// The documents, the federation document first, then the ledgers.
     order: Vec<DocId>,
     metas: std::sync::mpsc::Receiver<(usize, MetaRead)>,
-    docs: std::sync::mpsc::Receiver<(DocId, Result<AutoCommit, String>)>,
+    docs: std::sync::mpsc::Receiver<LoadedDoc>,
     /// The saved documents loaded so far and not taken (or why one could not be).
     loaded: HashMap<DocId, Result<AutoCommit, String>>,
     /// How many have arrived, taken or not.
@@ -2980,12 +2983,7 @@ impl<S: Store> Starting<S> {
     /// A replica that is whole, wrapped as if its documents still loaded until the answered
     /// sender is dropped (tests of what waits for them).
     #[cfg(test)]
-    pub(crate) fn held_back(
-        replica: Replica<S>,
-    ) -> (
-        Self,
-        std::sync::mpsc::Sender<(DocId, Result<AutoCommit, String>)>,
-    ) {
+    pub(crate) fn held_back(replica: Replica<S>) -> (Self, std::sync::mpsc::Sender<LoadedDoc>) {
         let (_, metas) = std::sync::mpsc::channel();
         let (release, docs) = std::sync::mpsc::channel();
         let jobs = Jobs {
@@ -3035,7 +3033,7 @@ fn worker_panic(what: &str, panic: &(dyn std::any::Any + Send)) -> String {
 fn work_loading(
     jobs: &Shared,
     metas: &std::sync::mpsc::Sender<(usize, MetaRead)>,
-    docs: &std::sync::mpsc::Sender<(DocId, Result<AutoCommit, String>)>,
+    docs: &std::sync::mpsc::Sender<LoadedDoc>,
 ) {
     loop {
         let job = {
