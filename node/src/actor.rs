@@ -18,6 +18,14 @@ pub const COMMAND_CAPACITY: usize = 256;
 /// The longest changes received from peers stay unflushed while the replica is busy.
 pub const MAX_UNFLUSHED: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// How long the replica waits with nothing to do before it applies the changes whose records
+/// the index already holds to their documents ([`Replica::settle`]): a burst of gossip shares
+/// one `apply_changes` per document, and no query waits behind it meanwhile.
+pub const SETTLE_WHEN_IDLE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The longest changes wait to be applied to their documents while the replica is busy.
+pub const MAX_UNSETTLED: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// While the documents load, how long the thread waits for them before it looks again for a
 /// command: the longest a query then waits.
 const LOADING_POLL: std::time::Duration = std::time::Duration::from_millis(1);
@@ -112,6 +120,11 @@ pub fn spawn(starting: Starting<SledStore>) -> Spawned {
                     }
                 }
             }
+            // Times the wait for a command while changes wait to be applied.
+            let timer = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a runtime with a timer and no I/O driver opens nothing that can fail");
             let mut replica = match starting.finish() {
                 Ok(r) => {
                     tracing::info!("replica loaded");
@@ -144,7 +157,31 @@ pub fn spawn(starting: Starting<SledStore>) -> Spawned {
                         return Err(e);
                     }
                 }
-                match rx.blocking_recv() {
+                let waiting = replica.deferred();
+                if waiting.is_some_and(|(waited, _)| waited >= MAX_UNSETTLED) {
+                    if let Err(e) = replica.settle() {
+                        tracing::error!(error = %e, "cannot apply accepted changes: stopping");
+                        return Err(e);
+                    }
+                    continue;
+                }
+                let next = match waiting {
+                    None => rx.blocking_recv(),
+                    // Commands keep coming: the changes wait, up to MAX_UNSETTLED.
+                    Some(_) => match timer
+                        .block_on(async { tokio::time::timeout(SETTLE_WHEN_IDLE, rx.recv()).await })
+                    {
+                        Ok(next) => next,
+                        Err(_) => {
+                            if let Err(e) = replica.settle() {
+                                tracing::error!(error = %e, "cannot apply accepted changes: stopping");
+                                return Err(e);
+                            }
+                            continue;
+                        }
+                    },
+                };
+                match next {
                     Some(Command::Replica(job)) => {
                         ran = true;
                         job(&mut replica);
@@ -173,6 +210,85 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// A received change that makes a record is answered by the index at once and applied to
+    /// its document once the replica has had nothing to do for a while.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn received_records_are_applied_once_the_replica_is_idle() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_, dirs) = crate::demo::prepare(tmp.path(), 2, 1, 3).expect("prepare");
+        let mut a = dirs[0].open_replica().expect("open");
+        let before: std::collections::HashSet<Vec<u8>> = a
+            .export(None)
+            .expect("export")
+            .entries
+            .into_iter()
+            .collect();
+        let id = a
+            .create(
+                crate::Collection::Startups,
+                None,
+                &crate::sample::Sample::new(4).startup("KZ"),
+            )
+            .expect("create");
+        let new: Vec<Vec<u8>> = a
+            .export(None)
+            .expect("export")
+            .entries
+            .into_iter()
+            .filter(|e| !before.contains(e))
+            .collect();
+        assert_eq!(new.len(), 1);
+        let Spawned {
+            handle,
+            thread,
+            mut loaded,
+        } = spawn(dirs[1].open_starting().expect("open"));
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            let old: Vec<Vec<u8>> = before.into_iter().collect();
+            handle
+                .call(move |r| r.ingest(old, "a").map(|_| ()))
+                .await
+                .expect("runs")
+                .expect("catch up");
+            handle
+                .call(move |r| {
+                    let reports = r.ingest_received(new, "a").expect("ingest");
+                    (reports, r.deferred().map(|(_, n)| n))
+                })
+                .await
+                .expect("runs")
+        })
+        .await
+        .expect("answered in time");
+        assert_eq!(answer.0[0].outcome, crate::replica::Outcome::Accepted);
+        assert_eq!(answer.1, Some(1), "the change did not wait to be applied");
+        let seen = handle
+            .query({
+                let id = id.clone();
+                move |index| index.startup(&id).is_some()
+            })
+            .await
+            .expect("runs");
+        assert!(seen, "the index does not answer the received record");
+        // Nothing asks anything of the replica: it applies the change.
+        let mut settled = false;
+        for _ in 0..100 {
+            tokio::time::sleep(SETTLE_WHEN_IDLE * 2).await;
+            if handle.call(|r| r.deferred().is_none()).await.expect("runs") {
+                settled = true;
+                break;
+            }
+        }
+        assert!(settled, "the change was never applied to its document");
+        loaded.try_recv().expect("told").expect("loaded");
+        drop(handle);
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("joined")
+            .expect("no panic")
+            .expect("final write");
+    }
 
     /// While the documents load, a query is answered from the index and a write waits; once
     /// they are in place the write runs and the load is reported.

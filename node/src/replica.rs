@@ -170,6 +170,12 @@ struct DocState {
     heads: BTreeMap<Actor, (u64, Hash)>,
     registrations: Vec<Registration>,
     since_snapshot: usize,
+    /// Accepted changes not yet applied to `doc`, in causal order: each makes records only,
+    /// on top of everything before it, and the index already holds those records
+    /// ([`Replica::settle`]).
+    deferred: Vec<automerge::Change>,
+    /// The heads of the document with `deferred` applied, while any is deferred.
+    tip: Option<Vec<automerge::ChangeHash>>,
 }
 
 impl DocState {
@@ -186,6 +192,29 @@ impl DocState {
             heads: BTreeMap::new(),
             registrations: Vec::new(),
             since_snapshot: 0,
+            deferred: Vec::new(),
+            tip: None,
+        }
+    }
+
+    /// Applies the deferred changes, and then `more`, to the document in one call.
+    fn settle(&mut self, more: Vec<automerge::Change>) -> Result<(), ReplicaError> {
+        let mut changes = std::mem::take(&mut self.deferred);
+        self.tip = None;
+        if changes.is_empty() && more.is_empty() {
+            return Ok(());
+        }
+        changes.extend(more);
+        self.doc
+            .apply_changes(changes)
+            .map_err(|e| ReplicaError::Automerge(e.to_string()))
+    }
+
+    /// The document's heads, with the deferred changes applied.
+    fn tip(&mut self) -> Vec<automerge::ChangeHash> {
+        match &self.tip {
+            Some(t) => t.clone(),
+            None => self.doc.get_heads(),
         }
     }
 
@@ -261,6 +290,15 @@ impl DocState {
         Hash(h.finalize().into())
     }
 }
+
+/// The most changes of one document in a batch whose records are read from their ops and
+/// whose apply waits ([`Replica::settle`]): one `apply_changes` call costs time in proportion
+/// to the document, so a few changes wait to share one, while a larger batch is applied at
+/// once and its records read back, cheaper per change than decoding each change's ops again.
+const DEFER_AT_MOST: usize = 64;
+
+/// The most changes that wait to be applied to their documents: one more and they all are.
+const MAX_DEFERRED: usize = 1024;
 
 /// Batches of at least this many envelopes (pages) are decoded and verified on every core.
 const PREPARE_IN_PARALLEL: usize = 64;
@@ -588,6 +626,8 @@ pub struct Replica<S: Store> {
     restoring: bool,
     /// Changes received from peers are stored but not yet flushed (see [`Self::ingest_received`]).
     unflushed: Option<Instant>,
+    /// Since when a document has had deferred changes (see [`Self::settle`]).
+    deferred_since: Option<Instant>,
 }
 
 impl<S: Store> std::fmt::Debug for Replica<S> {
@@ -756,6 +796,7 @@ impl<S: Store> Replica<S> {
             outbox: None,
             restoring: false,
             unflushed: None,
+            deferred_since: None,
         };
         let unloaded = replica.load(true, true)?;
         // A node killed without its final snapshot judged its whole tail again just now:
@@ -1260,19 +1301,42 @@ impl<S: Store> Replica<S> {
             }
         }
         let started = Instant::now();
+        let mut index = Vec::with_capacity(to_apply.len());
         for (doc, changes) in to_apply {
+            let t = touched.remove(&doc).unwrap_or_default();
+            let made = if needs_rebuild || self.restoring || changes.len() > DEFER_AT_MOST {
+                None
+            } else {
+                self.records_made(&doc, &changes, &t)
+            };
             let state = self
                 .docs
                 .get_mut(&doc)
                 .expect("a document exists once a change of it is accepted");
-            state
-                .doc
-                .apply_changes(changes)
-                .map_err(|e| ReplicaError::Automerge(e.to_string()))?;
+            match made {
+                Some((records, tip)) => {
+                    state.deferred.extend(changes);
+                    state.tip = Some(tip);
+                    self.deferred_since.get_or_insert_with(Instant::now);
+                    index.push(Ok(records));
+                }
+                None => {
+                    state.settle(changes)?;
+                    index.push(Err((doc, t)));
+                }
+            }
+        }
+        if self.docs.values().all(|d| d.deferred.is_empty()) {
+            self.deferred_since = None;
+        } else if self.deferred().is_some_and(|(_, n)| n >= MAX_DEFERRED) {
+            self.settle()?;
         }
         self.record_apply(started.elapsed().as_secs_f64());
-        for (doc, t) in touched {
-            self.reindex(&doc, t);
+        for i in index.into_iter().chain(touched.into_iter().map(Err)) {
+            match i {
+                Ok(records) => records.into_iter().for_each(|r| r.index(&mut self.index)),
+                Err((doc, t)) => self.reindex(&doc, t),
+            }
         }
         if flush {
             self.store.flush()?;
@@ -1643,6 +1707,80 @@ impl<S: Store> Replica<S> {
         Ok(())
     }
 
+    /// The records a batch of accepted changes of `doc` makes, read from the changes' own ops,
+    /// and the document's heads after them — where that is what reading them back out of
+    /// the document after applying the changes would give: each change builds on everything
+    /// the document holds (and on the deferred changes before it), it only makes records
+    /// ([`records::records_made_by`]), and those are all the records the rules found it
+    /// touches. The changes can then wait to be applied ([`Self::settle`]).
+    #[allow(clippy::type_complexity)]
+    fn records_made(
+        &mut self,
+        doc: &DocId,
+        changes: &[automerge::Change],
+        touched: &BTreeSet<Touched>,
+    ) -> Option<(Vec<IndexedRecord>, Vec<automerge::ChangeHash>)> {
+        let park = doc.park()?.clone();
+        let state = self.docs.get_mut(doc)?;
+        let mut tip = state.tip();
+        tip.sort_unstable();
+        let mut records = Vec::new();
+        let mut made = BTreeSet::new();
+        for change in changes {
+            let mut deps = change.deps().to_vec();
+            deps.sort_unstable();
+            if deps != tip {
+                return None;
+            }
+            tip = vec![change.hash()];
+            let objects = &state.objects;
+            let collection_of = |counter: u64, actor: &automerge::ActorId| {
+                let actor = Actor::from_bytes(actor.to_bytes())?;
+                match objects.get(&ObjKey { counter, actor })?.path.as_slice() {
+                    [name] => records::COLLECTIONS.iter().copied().find(|c| c == name),
+                    _ => None,
+                }
+            };
+            for (collection, key, value) in records::records_made_by(change, collection_of)? {
+                let id = key.parse::<RecordId>().ok()?;
+                made.insert(Touched::Record {
+                    collection,
+                    id: id.clone(),
+                });
+                records.push(IndexedRecord::from_stored(
+                    &park,
+                    collection,
+                    id,
+                    Some(value),
+                ));
+            }
+        }
+        (made == *touched).then_some((records, tip))
+    }
+
+    /// Applies the changes whose records the index took from their ops to their documents.
+    /// The node's actor calls it once nothing has asked anything of the replica for a moment;
+    /// whatever needs a document settles it first.
+    pub fn settle(&mut self) -> Result<(), ReplicaError> {
+        if self.deferred_since.take().is_none() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        for state in self.docs.values_mut() {
+            state.settle(Vec::new())?;
+        }
+        self.record_apply(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// How long changes have waited to be applied to their documents, and how many wait, if
+    /// any do.
+    pub fn deferred(&self) -> Option<(std::time::Duration, usize)> {
+        let since = self.deferred_since?;
+        let n = self.docs.values().map(|d| d.deferred.len()).sum();
+        Some((since.elapsed(), n))
+    }
+
     fn maybe_snapshot(&mut self) -> Result<(), ReplicaError> {
         let due: Vec<DocId> = self
             .docs
@@ -1673,6 +1811,7 @@ impl<S: Store> Replica<S> {
             }
         }
         if let Some(state) = self.docs.get_mut(doc) {
+            state.settle(Vec::new())?;
             let bytes = state.encode_snapshot();
             state.since_snapshot = 0;
             self.store.put_snapshot(doc, &bytes)?;
@@ -2191,6 +2330,7 @@ impl<S: Store> Replica<S> {
             .docs
             .get_mut(doc)
             .ok_or_else(|| ReplicaError::NoLedger(format!("{doc} has not been started")))?;
+        state.settle(Vec::new())?;
         state.doc.set_actor(identity.actor().to_automerge());
         if let Err(e) = edit(&mut state.doc) {
             state.doc.rollback();
@@ -2602,6 +2742,12 @@ impl IndexedRecord {
     ) -> Self {
         let fields = records::collection_fields(collection).unwrap_or(&[]);
         let stored = record.map(|o| records::record_from_doc(fields, doc, &o));
+        Self::from_stored(park, collection, id, stored)
+    }
+
+    /// The record `stored` holds, read as [`records::record_from_doc`] reads it, as the index
+    /// keeps it.
+    fn from_stored(park: &ParkId, collection: &str, id: RecordId, stored: Option<Value>) -> Self {
         match collection {
             "startups" => {
                 let r = stored.and_then(|v| records::read_record(&id, v));
@@ -3454,5 +3600,255 @@ mod tests {
         assert!(read.get("contact").is_some_and(Value::is_object), "{read}");
         assert!(read.get("sectors").is_some_and(Value::is_array), "{read}");
         assert!(read.get("not_in_schema").is_none());
+    }
+
+    /// The last change of `doc`, as a peer would receive it.
+    fn last_change(doc: &mut AutoCommit) -> automerge::Change {
+        let heads = doc.get_heads();
+        doc.get_change_by_hash(&heads[0]).expect("the head").clone()
+    }
+
+    /// Applies `change` to `doc` and answers each record `records_made_by` reads from its
+    /// ops beside the record read back out of the document.
+    fn made_and_read(
+        doc: &mut AutoCommit,
+        coll: &ObjId,
+        change: automerge::Change,
+    ) -> Option<Vec<(Value, Value)>> {
+        let (counter, actor) = match coll {
+            ObjId::Id(counter, actor, _) => (*counter, actor.clone()),
+            ObjId::Root => unreachable!("a collection is not the root"),
+        };
+        let made = records::records_made_by(&change, |c, a| {
+            (c == counter && *a == actor).then_some("startups")
+        });
+        doc.apply_changes([change]).expect("apply");
+        let made = made?;
+        let fields = records::collection_fields("startups").expect("fields");
+        Some(
+            made.into_iter()
+                .map(|(collection, key, value)| {
+                    assert_eq!(collection, "startups");
+                    let rec = child(doc, coll, &key).expect("the record is a map");
+                    (value, records::record_from_doc(fields, doc, &rec))
+                })
+                .collect(),
+        )
+    }
+
+    /// A change that makes records reads, from its ops alone, as each record reads out of the
+    /// document once it is applied on top of it: sample records made as `create` makes them,
+    /// and one change that writes a field twice, deletes one, replaces a nested map with a
+    /// scalar and makes a record where another stood. Where the outcome depends on what the
+    /// document holds (an edit of a record, a delete of one) it answers nothing.
+    #[test]
+    fn records_made_by_a_change_read_as_the_applied_document_does() {
+        let fields = records::collection_fields("startups").expect("fields");
+        let mut writer = AutoCommit::new();
+        writer.set_actor(automerge::ActorId::from([7u8; 40]));
+        let coll = writer
+            .put_object(ROOT, "startups", ObjType::Map)
+            .expect("put");
+        writer.commit();
+        let mut reader = AutoCommit::new();
+        reader
+            .apply_changes([last_change(&mut writer)])
+            .expect("apply");
+        let mut sample = crate::sample::Sample::new(11);
+        for i in 0..20 {
+            let startup = sample.startup(["KZ", "UZ", "TR"][i % 3]);
+            let stored = records::record_to_automerge(fields, startup.as_object().expect("map"));
+            writer
+                .batch_create_object(
+                    &coll,
+                    format!("kz-astana-hub/s{i}").as_str(),
+                    &stored,
+                    false,
+                )
+                .expect("create");
+            if i % 5 == 0 {
+                // Two records in one change.
+                let again = records::record_to_automerge(
+                    fields,
+                    sample.startup("KG").as_object().expect("map"),
+                );
+                writer
+                    .batch_create_object(
+                        &coll,
+                        format!("kz-astana-hub/t{i}").as_str(),
+                        &again,
+                        false,
+                    )
+                    .expect("create");
+            }
+            writer.commit();
+            let pairs = made_and_read(&mut reader, &coll, last_change(&mut writer))
+                .expect("a change that makes records reads from its ops");
+            assert_eq!(pairs.len(), if i % 5 == 0 { 2 } else { 1 });
+            for (made, read) in pairs {
+                assert_eq!(made, read);
+            }
+        }
+
+        // One change: a record over one that stood, fields written twice, a field deleted, a
+        // nested map replaced by a scalar, and a key outside the schema.
+        let rec = writer
+            .put_object(&coll, "kz-astana-hub/s3", ObjType::Map)
+            .expect("put");
+        writer.put(&rec, "name", "First").expect("put");
+        writer.put(&rec, "name", "Second").expect("put");
+        writer.put(&rec, "city", "Astana").expect("put");
+        writer.delete(&rec, "city").expect("delete");
+        let contact = writer
+            .put_object(&rec, "contact", ObjType::Map)
+            .expect("put");
+        writer.put(&contact, "name", "Aigerim").expect("put");
+        writer.put(&rec, "stage", "seed").expect("put");
+        writer.put(&rec, "founded", 2021i64).expect("put");
+        writer.put(&rec, "unknown", true).expect("put");
+        writer
+            .put(&rec, "sectors", r#"["ai","fintech"]"#)
+            .expect("put");
+        let other = writer
+            .put_object(&coll, "kz-astana-hub/n1", ObjType::Map)
+            .expect("put");
+        let nested = writer
+            .put_object(&other, "contact", ObjType::Map)
+            .expect("put");
+        writer.put(&nested, "email", "a@b.kz").expect("put");
+        writer.put(&other, "contact", "not a map").expect("put");
+        writer.put(&other, "name", "Scalar contact").expect("put");
+        writer.commit();
+        let pairs = made_and_read(&mut reader, &coll, last_change(&mut writer)).expect("made");
+        assert_eq!(pairs.len(), 2);
+        for (made, read) in &pairs {
+            assert_eq!(made, read);
+        }
+        assert_eq!(pairs[1].0["name"], "Second", "{}", pairs[1].0);
+        assert!(pairs[1].0.get("city").is_none());
+        assert_eq!(pairs[1].0["sectors"], serde_json::json!(["ai", "fintech"]));
+
+        // What depends on the document: an edit of a record, a delete of one.
+        let rec = child(&writer, &coll, "kz-astana-hub/s4").expect("record");
+        writer.put(&rec, "name", "Renamed").expect("put");
+        writer.commit();
+        assert!(made_and_read(&mut reader, &coll, last_change(&mut writer)).is_none());
+        writer.delete(&coll, "kz-astana-hub/s5").expect("delete");
+        writer.commit();
+        assert!(made_and_read(&mut reader, &coll, last_change(&mut writer)).is_none());
+        // Both documents still read the same.
+        let read = |d: &AutoCommit, key: &str| {
+            child(d, &coll, key).map(|r| records::record_from_doc(fields, d, &r))
+        };
+        for key in ["kz-astana-hub/s3", "kz-astana-hub/s4", "kz-astana-hub/s5"] {
+            assert_eq!(read(&writer, key), read(&reader, key), "{key}");
+        }
+    }
+
+    /// Fails naming the first record the two replicas' indexes hold differently.
+    fn same_ledger(
+        a: &Replica<crate::store::SledStore>,
+        b: &Replica<crate::store::SledStore>,
+        park: &ParkId,
+    ) {
+        let read = |r: &Replica<crate::store::SledStore>| -> Value {
+            serde_json::from_slice(&r.index().encode_ledger(park)).expect("json")
+        };
+        let (x, y) = (read(a), read(b));
+        // In the order the index holds them, which is not the same on both.
+        let by_id = |v: &Value| -> BTreeMap<String, Value> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| (r["id"].to_string(), r.clone()))
+                .collect()
+        };
+        for c in records::COLLECTIONS {
+            let (xs, ys) = (by_id(&x[c]), by_id(&y[c]));
+            assert_eq!(
+                xs.keys().collect::<Vec<_>>(),
+                ys.keys().collect::<Vec<_>>(),
+                "{c}"
+            );
+            for (p, q) in xs.values().zip(ys.values()) {
+                assert_eq!(p, q, "{c}");
+            }
+        }
+    }
+
+    /// Records made by changes received one at a time are answered by the index before the
+    /// changes are applied to their document, exactly as a replica that read them back out of
+    /// the applied document answers them: the writer's own index, and the receiver's after it
+    /// settled and after it rebuilt every document from its stored changes. An edit waits for
+    /// nothing: the document is settled first and the record read back.
+    #[test]
+    fn records_received_one_at_a_time_index_before_they_are_applied() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_, dirs) = crate::demo::prepare(tmp.path(), 2, 3, 5).expect("prepare");
+        let mut a = dirs[0].open_replica().expect("open");
+        let mut b = dirs[1].open_replica().expect("open");
+        let park = a.identity().expect("identity").park.clone();
+        let before: HashSet<Vec<u8>> = a
+            .export(None)
+            .expect("export")
+            .entries
+            .into_iter()
+            .collect();
+        b.ingest(before.iter().cloned().collect(), "a")
+            .expect("catch up");
+        let mut sample = crate::sample::Sample::new(9);
+        let mut ids = Vec::new();
+        for i in 0..12 {
+            let id = a
+                .create(Collection::Startups, None, &sample.startup("KZ"))
+                .expect("create");
+            if i == 5 {
+                a.update(
+                    Collection::Startups,
+                    &ids[1],
+                    &serde_json::json!({"name": "Renamed"}),
+                )
+                .expect("update");
+            }
+            if i == 8 {
+                a.remove(Collection::Startups, &ids[2]).expect("remove");
+            }
+            ids.push(id);
+        }
+        let program = a
+            .create(Collection::Programs, None, &sample.program("Astana Hub"))
+            .expect("program");
+        let mut new: Vec<Vec<u8>> = a
+            .export(None)
+            .expect("export")
+            .entries
+            .into_iter()
+            .filter(|e| !before.contains(e))
+            .collect();
+        // The export holds them in causal order.
+        assert_eq!(new.len(), 15);
+        let mut waited = 0;
+        for e in new.drain(..) {
+            let reports = b.ingest_received(vec![e], "a").expect("ingest");
+            assert_eq!(reports[0].outcome, Outcome::Accepted, "{reports:?}");
+            if b.deferred().is_some_and(|(_, n)| n > 0) {
+                waited += 1;
+            }
+        }
+        assert!(waited >= 10, "only {waited} changes waited to be applied");
+        assert!(b.index().program(&program).is_some());
+        assert_eq!(
+            b.index().startup(&ids[1]).map(|s| s.name.as_str()),
+            Some("Renamed")
+        );
+        assert!(b.index().startup(&ids[2]).is_none());
+        same_ledger(&a, &b, &park);
+        let digest = b.digest();
+        b.settle().expect("settle");
+        assert!(b.deferred().is_none());
+        same_ledger(&a, &b, &park);
+        b.rebuild().expect("rebuild");
+        same_ledger(&a, &b, &park);
+        assert_eq!(b.digest(), digest);
     }
 }

@@ -5,7 +5,7 @@
 //! unknown fields, the current year); the validation rules check every op a peer sends against
 //! the kind of the field it writes, which needs no clock and no other record.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use automerge::{ObjId, ObjType, ReadDoc, ScalarValue, hydrate};
 use serde::{Deserialize, Serialize};
@@ -751,6 +751,135 @@ pub fn record_from_doc<D: ReadDoc>(fields: &'static [Field], doc: &D, obj: &ObjI
                 S::Int(i) => Value::from(*i),
                 S::Uint(u) => Value::from(*u),
                 S::Boolean(b) => Value::Bool(*b),
+                _ => Value::Null,
+            },
+            _ => Value::Null,
+        };
+        if !json.is_null() {
+            out.insert(f.name.to_owned(), json);
+        }
+    }
+    Value::Object(out)
+}
+
+/// What a change's ops leave at one key of a map: a scalar, or a map the same change made
+/// (named by the counter of the op that made it).
+#[derive(Debug, Clone)]
+enum Left {
+    Scalar(ScalarValue),
+    Map(u64),
+}
+
+/// The ops of one change still visible at each key of a map, by counter, in the order made.
+type Visible = BTreeMap<String, Vec<(u64, Left)>>;
+
+/// A record a change makes: its collection, its key in the collection's map (the record id)
+/// and its fields as [`record_from_doc`] reads them once the change is applied.
+pub type MadeRecord = (&'static str, String, Value);
+
+/// The records `change` makes, each as [`record_from_doc`] would read it out of the document
+/// once the change is applied, where that follows from the change's own ops; `None` where it
+/// depends on what the document already holds.
+///
+/// It holds for a change applied on top of everything the document holds (its dependencies
+/// are the document's heads): its ops then have higher counters than every op there (the
+/// rules hold `start_op` to one more than the causal past's highest), so each one wins its key
+/// over whatever was there, as Automerge's maps keep the value of the highest op id. What it
+/// cannot tell from the ops, it answers `None` for: an op on an object that is neither a
+/// collection's map (`collection_of` names those, by the counter and actor of the op that made
+/// them) nor a map this change made (an edit of an existing record), a delete in a
+/// collection's map (what reappears depends on the document), a scalar left where a record
+/// would be, a predecessor that is not a visible op of this change at the same key, an op at
+/// the root, and anything but maps and scalars.
+pub fn records_made_by(
+    change: &automerge::Change,
+    collection_of: impl Fn(u64, &automerge::ActorId) -> Option<&'static str>,
+) -> Option<Vec<MadeRecord>> {
+    use automerge::legacy::{Key, ObjectId, OpType};
+    let expanded = change.decode();
+    let actor = change.actor_id();
+    let start = change.start_op().get();
+    let mine = |id: &automerge::legacy::OpId| &id.1 == actor && (start..).contains(&id.0);
+    // Maps this change made, and the keys of collection maps it wrote, with the ops of this
+    // change still visible at each: ops the document held before lose to them.
+    let mut made: BTreeMap<u64, Visible> = BTreeMap::new();
+    let mut records: BTreeMap<(&'static str, String), Vec<(u64, Left)>> = BTreeMap::new();
+    for (i, op) in expanded.operations.iter().enumerate() {
+        let me = start + i as u64;
+        let Key::Map(key) = &op.key else { return None };
+        if op.insert {
+            return None;
+        }
+        let left = match &op.action {
+            OpType::Make(ObjType::Map) => Some(Left::Map(me)),
+            OpType::Put(v) => Some(Left::Scalar(v.clone())),
+            OpType::Delete => None,
+            _ => return None,
+        };
+        let (slot, in_collection) = match &op.obj {
+            ObjectId::Id(id) if mine(id) => (
+                made.get_mut(&id.0)?.entry(key.to_string()).or_default(),
+                false,
+            ),
+            ObjectId::Id(id) => {
+                let collection = collection_of(id.0, &id.1)?;
+                left.as_ref()?;
+                let slot = records.entry((collection, key.to_string())).or_default();
+                (slot, true)
+            }
+            ObjectId::Root => return None,
+        };
+        for pred in op.pred.iter() {
+            if !mine(pred) {
+                // An op the document held: it loses to this one at a collection's key, and a
+                // map this change made holds none.
+                if in_collection {
+                    continue;
+                }
+                return None;
+            }
+            let at = slot.iter().position(|(c, _)| *c == pred.0)?;
+            slot.remove(at);
+        }
+        if let Some(left) = left {
+            slot.push((me, left));
+        }
+        if matches!(op.action, OpType::Make(ObjType::Map)) {
+            made.insert(me, Visible::new());
+        }
+    }
+    let mut out = Vec::with_capacity(records.len());
+    for ((collection, key), visible) in records {
+        let (_, Left::Map(obj)) = visible.iter().max_by_key(|(c, _)| *c)? else {
+            return None;
+        };
+        let fields = collection_fields(collection)?;
+        out.push((collection, key, made_json(fields, &made, *obj)));
+    }
+    Some(out)
+}
+
+/// The map `obj` a change made, as [`record_from_doc`] reads it: the same fields, the same
+/// conversions.
+fn made_json(fields: &'static [Field], made: &BTreeMap<u64, Visible>, obj: u64) -> Value {
+    let mut out = Map::new();
+    for (key, visible) in made.get(&obj).into_iter().flatten() {
+        let Some((_, left)) = visible.iter().max_by_key(|(c, _)| *c) else {
+            continue;
+        };
+        let Some(f) = find_field(fields, key) else {
+            continue;
+        };
+        let json = match (&f.kind, left) {
+            (Kind::Object(sub), Left::Map(o)) => made_json(sub, made, *o),
+            (Kind::List { .. }, Left::Scalar(ScalarValue::Str(s))) => {
+                serde_json::from_str::<Value>(s).unwrap_or(Value::Null)
+            }
+            (_, Left::Scalar(s)) => match s {
+                ScalarValue::Str(s) => Value::String(s.to_string()),
+                ScalarValue::Int(i) => Value::from(*i),
+                ScalarValue::Uint(u) => Value::from(*u),
+                ScalarValue::Boolean(b) => Value::Bool(*b),
                 _ => Value::Null,
             },
             _ => Value::Null,

@@ -172,6 +172,9 @@ fn pull(
             break;
         }
     }
+    // Changes whose records the index read from their ops wait to be applied to their
+    // documents (a node's actor applies them once idle): timed here with the rest.
+    req.settle()?;
     cost.secs = started.elapsed().as_secs_f64();
     ensure!(src.digest() == req.digest(), "digests differ after sync");
     Ok(cost)

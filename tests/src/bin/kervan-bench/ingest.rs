@@ -94,6 +94,9 @@ fn kervan_rate(
             .filter(|r| r.outcome == Outcome::Accepted)
             .count();
     }
+    // Every change applied to its document: those whose records the index read from their ops
+    // wait for it (a node's actor applies them once idle).
+    replica.settle()?;
     let secs = started.elapsed().as_secs_f64();
     drop(section);
     ensure!(
