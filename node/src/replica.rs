@@ -291,6 +291,9 @@ impl DocState {
     }
 }
 
+/// How often the store's seal is written after flushes of received changes alone.
+const SEAL_RECEIVED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The most changes of one document in a batch whose records are read from their ops and
 /// whose apply waits ([`Replica::settle`]): one `apply_changes` call costs time in proportion
 /// to the document, so a few changes wait to share one, while a larger batch is applied at
@@ -628,6 +631,8 @@ pub struct Replica<S: Store> {
     unflushed: Option<Instant>,
     /// Since when a document has had deferred changes (see [`Self::settle`]).
     deferred_since: Option<Instant>,
+    /// When the store's seal was last written after a flush of received changes.
+    sealed: Option<Instant>,
 }
 
 impl<S: Store> std::fmt::Debug for Replica<S> {
@@ -797,6 +802,7 @@ impl<S: Store> Replica<S> {
             restoring: false,
             unflushed: None,
             deferred_since: None,
+            sealed: None,
         };
         let unloaded = replica.load(true, true)?;
         // A node killed without its final snapshot judged its whole tail again just now:
@@ -1124,7 +1130,17 @@ impl<S: Store> Replica<S> {
     /// Flushes changes received by [`Self::ingest_received`] since the last flush.
     pub fn flush_received(&mut self) -> Result<(), ReplicaError> {
         if self.unflushed.take().is_some() {
-            self.store.flush()?;
+            // The seal (a file written and renamed) is kept up to date at most every
+            // SEAL_RECEIVED_EVERY for received changes alone: it may lag the store, and a
+            // received change lost with sled's tail is fetched again from the peers.
+            self.store.flush_unsealed()?;
+            if self
+                .sealed
+                .is_none_or(|t| t.elapsed() >= SEAL_RECEIVED_EVERY)
+            {
+                self.store.seal()?;
+                self.sealed = Some(Instant::now());
+            }
         }
         Ok(())
     }
@@ -1210,6 +1226,9 @@ impl<S: Store> Replica<S> {
             }
         }
         self.run(work, &mut reports, flush)?;
+        if flush {
+            self.store.seal()?;
+        }
         Ok(reports)
     }
 
@@ -1339,7 +1358,8 @@ impl<S: Store> Replica<S> {
             }
         }
         if flush {
-            self.store.flush()?;
+            // Sealed by the caller once the change is on its way ([`Self::write`]).
+            self.store.flush_unsealed()?;
             self.unflushed = None;
         } else if self.unflushed.is_none() {
             self.unflushed = Some(Instant::now());
@@ -2385,6 +2405,9 @@ impl<S: Store> Replica<S> {
                 match reports.first().map(|r| &r.outcome) {
                     Some(Outcome::Accepted) => {
                         self.publish(envelope);
+                        // Flushed before it was published; the seal follows it out.
+                        self.store.seal()?;
+                        self.sealed = Some(Instant::now());
                         return Ok(Some(hash));
                     }
                     other => format!("{other:?}"),

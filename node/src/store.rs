@@ -143,8 +143,16 @@ pub trait Store: Send + Sync {
     /// must tell and ignore.
     fn put_ledger_records(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError>;
     fn ledger_records(&self, doc: &DocId) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Makes everything written so far durable.
-    fn flush(&self) -> Result<(), StoreError>;
+    /// Makes everything written so far durable, and writes the seal.
+    fn flush(&self) -> Result<(), StoreError> {
+        self.flush_unsealed()?;
+        self.seal()
+    }
+    /// Makes everything written so far durable, leaving the seal as it was: it lags until
+    /// [`Store::seal`] or the next [`Store::flush`].
+    fn flush_unsealed(&self) -> Result<(), StoreError>;
+    /// Writes the seal for what the last flush made durable.
+    fn seal(&self) -> Result<(), StoreError>;
     fn size_on_disk(&self) -> Result<u64, StoreError>;
 }
 
@@ -165,8 +173,9 @@ pub struct SledStore {
     records_dir: std::path::PathBuf,
 }
 
-/// The store's seal: a small file beside sled's, rewritten after every flush, holding how many
-/// signed changes the store held when it was flushed. sled recovers a log that was truncated or
+/// The store's seal: a small file beside sled's, rewritten after a flush (at once by
+/// [`Store::flush`]; by [`Store::seal`] later, for a flush that leaves it lagging), holding how
+/// many signed changes the store held when it was flushed. sled recovers a log that was truncated or
 /// overwritten by quietly dropping everything after the first bad checksum, which would make
 /// a damaged store open as an older one — and a node that lost its own published changes would
 /// sign new ones with the same seqs. A store holding fewer changes than its seal says is
@@ -178,11 +187,16 @@ struct Seal {
     changes: std::sync::atomic::AtomicU64,
     /// What the file says.
     written: std::sync::atomic::AtomicU64,
+    /// `changes` at the last flush: what the next seal may say.
+    flushed: std::sync::atomic::AtomicU64,
     /// Whether `changes` was counted and checked against the file: a store opened with
     /// [`SledStore::open_deferred`] is counted by the first scan of its changes, or before
     /// anything that needs the count.
     counted: std::sync::atomic::AtomicBool,
 }
+
+/// What [`Seal::flushed`] holds before the first flush: nothing to seal yet.
+const NOT_FLUSHED: u64 = u64::MAX;
 
 /// The seal's file name inside the store directory.
 const SEAL_FILE: &str = "kervan.seal";
@@ -283,6 +297,7 @@ impl SledStore {
             path: path.join(SEAL_FILE),
             changes: std::sync::atomic::AtomicU64::new(0),
             written: std::sync::atomic::AtomicU64::new(0),
+            flushed: std::sync::atomic::AtomicU64::new(NOT_FLUSHED),
             counted: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Self {
@@ -667,7 +682,7 @@ impl Store for SledStore {
         }
     }
 
-    fn flush(&self) -> Result<(), StoreError> {
+    fn flush_unsealed(&self) -> Result<(), StoreError> {
         self.ensure_counted()?;
         // The seal must never say more than the files hold: a count that went down (a change
         // dropped) is written before the flush, one that went up after it.
@@ -676,7 +691,17 @@ impl Store for SledStore {
             self.seal.write(n)?;
         }
         self.db.flush()?;
-        self.seal.write(n)
+        self.seal
+            .flushed
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn seal(&self) -> Result<(), StoreError> {
+        match self.seal.flushed.load(std::sync::atomic::Ordering::SeqCst) {
+            NOT_FLUSHED => Ok(()),
+            n => self.seal.write(n),
+        }
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
@@ -722,6 +747,45 @@ mod tests {
             .change(&DocId::Federation, &Hash([1; 32]))
             .expect("read");
         assert_eq!(other, None, "changes are keyed by document");
+    }
+
+    /// A flush that leaves the seal lagging leaves the file as it was; the seal written later
+    /// says what that flush made durable, never a change stored after it.
+    #[test]
+    fn a_lagging_seal_says_what_the_last_flush_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let doc: DocId = "park/kg-htp".parse().expect("doc");
+        let read_seal = || {
+            std::fs::read_to_string(dir.path().join(SEAL_FILE))
+                .ok()
+                .map(|t| t.trim().to_owned())
+        };
+        let store = SledStore::open(dir.path()).expect("open");
+        store.seal().expect("nothing flushed yet: nothing to seal");
+        assert_eq!(read_seal(), None);
+        store
+            .put_change(&doc, &Hash([1; 32]), b"envelope")
+            .expect("change");
+        store.flush().expect("flush");
+        assert_eq!(read_seal().as_deref(), Some("1"));
+        for i in 2..4u8 {
+            store
+                .put_change(&doc, &Hash([i; 32]), b"envelope")
+                .expect("change");
+        }
+        store.flush_unsealed().expect("flush");
+        assert_eq!(read_seal().as_deref(), Some("1"), "the seal lags");
+        store
+            .put_change(&doc, &Hash([9; 32]), b"envelope")
+            .expect("change");
+        store.seal().expect("seal");
+        assert_eq!(
+            read_seal().as_deref(),
+            Some("3"),
+            "what the last flush held"
+        );
+        store.flush().expect("flush");
+        assert_eq!(read_seal().as_deref(), Some("4"));
     }
 
     /// A store opened without counting its changes is refused as `open` refuses it once the
