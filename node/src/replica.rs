@@ -199,15 +199,83 @@ impl DocState {
 
     /// Applies the deferred changes, and then `more`, to the document in one call.
     fn settle(&mut self, more: Vec<automerge::Change>) -> Result<(), ReplicaError> {
-        let mut changes = std::mem::take(&mut self.deferred);
-        self.tip = None;
-        if changes.is_empty() && more.is_empty() {
+        if self.deferred.is_empty() && more.is_empty() {
             return Ok(());
         }
+        let mut changes = std::mem::take(&mut self.deferred);
         changes.extend(more);
-        self.doc
-            .apply_changes(changes)
-            .map_err(|e| ReplicaError::Automerge(e.to_string()))
+        match self.doc.apply_changes(changes.iter().cloned()) {
+            Ok(()) => {
+                self.tip = None;
+                Ok(())
+            }
+            Err(e) => {
+                // Accepted and stored all the same: kept waiting, so that a snapshot of this
+                // document fails as this did rather than save it without them.
+                self.deferred = changes;
+                Err(ReplicaError::Automerge(e.to_string()))
+            }
+        }
+    }
+
+    /// The records a batch of accepted changes of this ledger (of `park`) makes, read from the changes' own ops,
+    /// and the document's heads after them — where that is what reading them back out of
+    /// the document after applying the changes would give: each change builds on everything
+    /// the document holds (and on the deferred changes before it), it only makes records
+    /// ([`records::records_made_by`]) in the collections' maps the document shows, and those
+    /// are all the records the rules found it touches. The changes can then wait to be
+    /// applied ([`Replica::settle`]).
+    #[allow(clippy::type_complexity)]
+    fn records_made(
+        &mut self,
+        park: &ParkId,
+        changes: &[automerge::Change],
+        touched: &BTreeSet<Touched>,
+    ) -> Option<(Vec<IndexedRecord>, Vec<automerge::ChangeHash>)> {
+        let state = self;
+        // The collections' maps as the document shows them at its root: the rules let a
+        // ledger's first change make more than one map at a collection's key, and only the
+        // winner is read. Deferred changes never write at the root, so the unsettled
+        // document shows the same ones.
+        let shown: Vec<(&'static str, u64, automerge::ActorId)> = records::COLLECTIONS
+            .iter()
+            .filter_map(|name| match child(&state.doc, &ROOT, name)? {
+                ObjId::Id(counter, actor, _) => Some((*name, counter, actor)),
+                ObjId::Root => None,
+            })
+            .collect();
+        let mut tip = state.tip();
+        tip.sort_unstable();
+        let mut records = Vec::new();
+        let mut made = BTreeSet::new();
+        for change in changes {
+            let mut deps = change.deps().to_vec();
+            deps.sort_unstable();
+            if deps != tip {
+                return None;
+            }
+            tip = vec![change.hash()];
+            let collection_of = |counter: u64, actor: &automerge::ActorId| {
+                shown
+                    .iter()
+                    .find(|(_, c, a)| *c == counter && a == actor)
+                    .map(|(name, _, _)| *name)
+            };
+            for (collection, key, value) in records::records_made_by(change, collection_of)? {
+                let id = key.parse::<RecordId>().ok()?;
+                made.insert(Touched::Record {
+                    collection,
+                    id: id.clone(),
+                });
+                records.push(IndexedRecord::from_stored(
+                    park,
+                    collection,
+                    id,
+                    Some(value),
+                ));
+            }
+        }
+        (made == *touched).then_some((records, tip))
     }
 
     /// The document's heads, with the deferred changes applied.
@@ -1228,6 +1296,7 @@ impl<S: Store> Replica<S> {
         self.run(work, &mut reports, flush)?;
         if flush {
             self.store.seal()?;
+            self.sealed = Some(Instant::now());
         }
         Ok(reports)
     }
@@ -1334,6 +1403,16 @@ impl<S: Store> Replica<S> {
                 .expect("a document exists once a change of it is accepted");
             match made {
                 Some((records, tip)) => {
+                    if state.deferred.is_empty()
+                        && self.docs.values().all(|d| d.deferred.is_empty())
+                    {
+                        // A document settled on its own (a write, a snapshot) left this behind.
+                        self.deferred_since = None;
+                    }
+                    let state = self
+                        .docs
+                        .get_mut(&doc)
+                        .expect("a document exists once a change of it is accepted");
                     state.deferred.extend(changes);
                     state.tip = Some(tip);
                     self.deferred_since.get_or_insert_with(Instant::now);
@@ -1727,12 +1806,7 @@ impl<S: Store> Replica<S> {
         Ok(())
     }
 
-    /// The records a batch of accepted changes of `doc` makes, read from the changes' own ops,
-    /// and the document's heads after them — where that is what reading them back out of
-    /// the document after applying the changes would give: each change builds on everything
-    /// the document holds (and on the deferred changes before it), it only makes records
-    /// ([`records::records_made_by`]), and those are all the records the rules found it
-    /// touches. The changes can then wait to be applied ([`Self::settle`]).
+    /// See [`DocState::records_made`]: for ledgers only.
     #[allow(clippy::type_complexity)]
     fn records_made(
         &mut self,
@@ -1741,41 +1815,9 @@ impl<S: Store> Replica<S> {
         touched: &BTreeSet<Touched>,
     ) -> Option<(Vec<IndexedRecord>, Vec<automerge::ChangeHash>)> {
         let park = doc.park()?.clone();
-        let state = self.docs.get_mut(doc)?;
-        let mut tip = state.tip();
-        tip.sort_unstable();
-        let mut records = Vec::new();
-        let mut made = BTreeSet::new();
-        for change in changes {
-            let mut deps = change.deps().to_vec();
-            deps.sort_unstable();
-            if deps != tip {
-                return None;
-            }
-            tip = vec![change.hash()];
-            let objects = &state.objects;
-            let collection_of = |counter: u64, actor: &automerge::ActorId| {
-                let actor = Actor::from_bytes(actor.to_bytes())?;
-                match objects.get(&ObjKey { counter, actor })?.path.as_slice() {
-                    [name] => records::COLLECTIONS.iter().copied().find(|c| c == name),
-                    _ => None,
-                }
-            };
-            for (collection, key, value) in records::records_made_by(change, collection_of)? {
-                let id = key.parse::<RecordId>().ok()?;
-                made.insert(Touched::Record {
-                    collection,
-                    id: id.clone(),
-                });
-                records.push(IndexedRecord::from_stored(
-                    &park,
-                    collection,
-                    id,
-                    Some(value),
-                ));
-            }
-        }
-        (made == *touched).then_some((records, tip))
+        self.docs
+            .get_mut(doc)?
+            .records_made(&park, changes, touched)
     }
 
     /// Applies the changes whose records the index took from their ops to their documents.
@@ -1798,7 +1840,7 @@ impl<S: Store> Replica<S> {
     pub fn deferred(&self) -> Option<(std::time::Duration, usize)> {
         let since = self.deferred_since?;
         let n = self.docs.values().map(|d| d.deferred.len()).sum();
-        Some((since.elapsed(), n))
+        (n > 0).then(|| (since.elapsed(), n))
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), ReplicaError> {
@@ -3766,6 +3808,87 @@ mod tests {
         for key in ["kz-astana-hub/s3", "kz-astana-hub/s4", "kz-astana-hub/s5"] {
             assert_eq!(read(&writer, key), read(&reader, key), "{key}");
         }
+    }
+
+    /// A ledger whose first change made two maps at `startups` (the second over the first: the
+    /// rules take any map made at a collection's key in that change) shows only the second;
+    /// a record made in the first is not read from its change's ops, since the document would
+    /// not show it, while one made in the second is, as the document reads it.
+    #[test]
+    fn records_in_a_collection_map_the_document_does_not_show_are_not_read_from_ops() {
+        let actor = Actor::from_bytes(&[7u8; 40]).expect("40 bytes");
+        let park: ParkId = "kz-astana-hub".parse().expect("park");
+        let mut writer = AutoCommit::new();
+        writer.set_actor(actor.to_automerge());
+        let hidden = writer
+            .put_object(ROOT, "startups", ObjType::Map)
+            .expect("put");
+        let shown = writer
+            .put_object(ROOT, "startups", ObjType::Map)
+            .expect("put");
+        writer.commit();
+        let mut state = DocState::new(None);
+        state
+            .doc
+            .apply_changes([last_change(&mut writer)])
+            .expect("apply");
+        for obj in [&hidden, &shown] {
+            let ObjId::Id(counter, _, _) = obj else {
+                unreachable!("a map made by an op")
+            };
+            state.objects.insert(
+                ObjKey {
+                    counter: *counter,
+                    actor,
+                },
+                ObjectInfo {
+                    path: vec!["startups".into()],
+                    made_by: (actor, 1),
+                },
+            );
+        }
+        let touched = |local: &str| {
+            BTreeSet::from([Touched::Record {
+                collection: "startups",
+                id: format!("kz-astana-hub/{local}").parse().expect("id"),
+            }])
+        };
+        let ghost = writer
+            .put_object(&hidden, "kz-astana-hub/ghost", ObjType::Map)
+            .expect("put");
+        writer.put(&ghost, "name", "Ghost").expect("put");
+        writer.commit();
+        let change = last_change(&mut writer);
+        assert!(
+            state
+                .records_made(&park, std::slice::from_ref(&change), &touched("ghost"))
+                .is_none(),
+            "a record in the map the document does not show was read from the ops"
+        );
+        state.settle(vec![change]).expect("apply");
+        let real = writer
+            .put_object(&shown, "kz-astana-hub/real", ObjType::Map)
+            .expect("put");
+        writer.put(&real, "name", "Real").expect("put");
+        writer.put(&real, "country", "KZ").expect("put");
+        writer.put(&real, "stage", "idea").expect("put");
+        writer.commit();
+        let change = last_change(&mut writer);
+        let (made, _) = state
+            .records_made(&park, std::slice::from_ref(&change), &touched("real"))
+            .expect("a record in the shown map reads from the ops");
+        state.settle(vec![change]).expect("apply");
+        let fields = records::collection_fields("startups").expect("fields");
+        let coll = child(&state.doc, &ROOT, "startups").expect("shown");
+        let rec = child(&state.doc, &coll, "kz-astana-hub/real").expect("record");
+        let read = records::record_from_doc(fields, &state.doc, &rec);
+        let id: RecordId = "kz-astana-hub/real".parse().expect("id");
+        assert!(matches!(
+            &made[..],
+            [IndexedRecord::Startup(i, Some(s))]
+                if *i == id && Some(s) == records::read_record::<records::Startup>(&id, read).as_ref()
+        ));
+        assert!(child(&state.doc, &coll, "kz-astana-hub/ghost").is_none());
     }
 
     /// Fails naming the first record the two replicas' indexes hold differently.

@@ -700,7 +700,10 @@ impl Store for SledStore {
     fn seal(&self) -> Result<(), StoreError> {
         match self.seal.flushed.load(std::sync::atomic::Ordering::SeqCst) {
             NOT_FLUSHED => Ok(()),
-            n => self.seal.write(n),
+            // A change removed since that flush lowers what the seal may say.
+            n => self
+                .seal
+                .write(n.min(self.seal.changes.load(std::sync::atomic::Ordering::SeqCst))),
         }
     }
 
