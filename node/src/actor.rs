@@ -211,6 +211,19 @@ mod tests {
 
     use super::*;
 
+    /// Drops the last handle and waits for the replica's thread to end cleanly.
+    async fn stop(
+        handle: ReplicaHandle,
+        thread: std::thread::JoinHandle<Result<(), ReplicaError>>,
+    ) {
+        drop(handle);
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("joined")
+            .expect("no panic")
+            .expect("final write");
+    }
+
     /// A received change that makes a record is answered by the index at once and applied to
     /// its document once the replica has had nothing to do for a while.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,12 +231,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let (_, dirs) = crate::demo::prepare(tmp.path(), 2, 1, 3).expect("prepare");
         let mut a = dirs[0].open_replica().expect("open");
-        let before: std::collections::HashSet<Vec<u8>> = a
-            .export(None)
-            .expect("export")
-            .entries
-            .into_iter()
-            .collect();
+        let before: std::collections::HashSet<Vec<u8>> = a.entries().into_iter().collect();
         let id = a
             .create(
                 crate::Collection::Startups,
@@ -231,13 +239,8 @@ mod tests {
                 &crate::sample::Sample::new(4).startup("KZ"),
             )
             .expect("create");
-        let new: Vec<Vec<u8>> = a
-            .export(None)
-            .expect("export")
-            .entries
-            .into_iter()
-            .filter(|e| !before.contains(e))
-            .collect();
+        let mut new = a.entries();
+        new.retain(|e| !before.contains(e));
         assert_eq!(new.len(), 1);
         let Spawned {
             handle,
@@ -282,12 +285,7 @@ mod tests {
         }
         assert!(settled, "the change was never applied to its document");
         loaded.try_recv().expect("told").expect("loaded");
-        drop(handle);
-        tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .expect("joined")
-            .expect("no panic")
-            .expect("final write");
+        stop(handle, thread).await;
     }
 
     /// While the documents load, a query is answered from the index and a write waits; once
@@ -328,11 +326,6 @@ mod tests {
         drop(release);
         assert_eq!(write.await.expect("joined"), counts.startups);
         loaded.await.expect("told").expect("loaded");
-        drop(handle);
-        tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .expect("joined")
-            .expect("no panic")
-            .expect("final write");
+        stop(handle, thread).await;
     }
 }

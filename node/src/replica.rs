@@ -1392,15 +1392,18 @@ impl<S: Store> Replica<S> {
         let mut index = Vec::with_capacity(to_apply.len());
         for (doc, changes) in to_apply {
             let t = touched.remove(&doc).unwrap_or_default();
-            let made = if needs_rebuild || self.restoring || changes.len() > DEFER_AT_MOST {
-                None
-            } else {
-                self.records_made(&doc, &changes, &t)
-            };
             let state = self
                 .docs
                 .get_mut(&doc)
                 .expect("a document exists once a change of it is accepted");
+            let made = match doc.park() {
+                Some(park)
+                    if !needs_rebuild && !self.restoring && changes.len() <= DEFER_AT_MOST =>
+                {
+                    state.records_made(park, &changes, &t)
+                }
+                _ => None,
+            };
             match made {
                 Some((records, tip)) => {
                     if state.deferred.is_empty()
@@ -1804,20 +1807,6 @@ impl<S: Store> Replica<S> {
             self.stats.pending_dropped += 1;
         }
         Ok(())
-    }
-
-    /// See [`DocState::records_made`]: for ledgers only.
-    #[allow(clippy::type_complexity)]
-    fn records_made(
-        &mut self,
-        doc: &DocId,
-        changes: &[automerge::Change],
-        touched: &BTreeSet<Touched>,
-    ) -> Option<(Vec<IndexedRecord>, Vec<automerge::ChangeHash>)> {
-        let park = doc.park()?.clone();
-        self.docs
-            .get_mut(doc)?
-            .records_made(&park, changes, touched)
     }
 
     /// Applies the changes whose records the index took from their ops to their documents.
@@ -3632,6 +3621,14 @@ fn scalar_json(v: &automerge::ScalarValue) -> Value {
 }
 
 #[cfg(test)]
+impl<S: Store> Replica<S> {
+    /// Every stored signed change, as an export carries them.
+    pub(crate) fn entries(&self) -> Vec<Vec<u8>> {
+        self.export(None).expect("export").entries
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -3934,12 +3931,7 @@ mod tests {
         let mut a = dirs[0].open_replica().expect("open");
         let mut b = dirs[1].open_replica().expect("open");
         let park = a.identity().expect("identity").park.clone();
-        let before: HashSet<Vec<u8>> = a
-            .export(None)
-            .expect("export")
-            .entries
-            .into_iter()
-            .collect();
+        let before: HashSet<Vec<u8>> = a.entries().into_iter().collect();
         b.ingest(before.iter().cloned().collect(), "a")
             .expect("catch up");
         let mut sample = crate::sample::Sample::new(9);
@@ -3964,13 +3956,8 @@ mod tests {
         let program = a
             .create(Collection::Programs, None, &sample.program("Astana Hub"))
             .expect("program");
-        let mut new: Vec<Vec<u8>> = a
-            .export(None)
-            .expect("export")
-            .entries
-            .into_iter()
-            .filter(|e| !before.contains(e))
-            .collect();
+        let mut new = a.entries();
+        new.retain(|e| !before.contains(e));
         // The export holds them in causal order.
         assert_eq!(new.len(), 15);
         let mut waited = 0;
