@@ -157,29 +157,21 @@ pub fn spawn(starting: Starting<SledStore>) -> Spawned {
                         return Err(e);
                     }
                 }
-                let waiting = replica.deferred();
-                if waiting.is_some_and(|(waited, _)| waited >= MAX_UNSETTLED) {
+                // Changes waiting to be applied to their documents are applied once no command
+                // has come for SETTLE_WHEN_IDLE, and after MAX_UNSETTLED however busy it is.
+                let next = match replica.deferred() {
+                    None => Some(rx.blocking_recv()),
+                    Some((waited, _)) if waited >= MAX_UNSETTLED => None,
+                    Some(_) => timer
+                        .block_on(async { tokio::time::timeout(SETTLE_WHEN_IDLE, rx.recv()).await })
+                        .ok(),
+                };
+                let Some(next) = next else {
                     if let Err(e) = replica.settle() {
                         tracing::error!(error = %e, "cannot apply accepted changes: stopping");
                         return Err(e);
                     }
                     continue;
-                }
-                let next = match waiting {
-                    None => rx.blocking_recv(),
-                    // Commands keep coming: the changes wait, up to MAX_UNSETTLED.
-                    Some(_) => match timer
-                        .block_on(async { tokio::time::timeout(SETTLE_WHEN_IDLE, rx.recv()).await })
-                    {
-                        Ok(next) => next,
-                        Err(_) => {
-                            if let Err(e) = replica.settle() {
-                                tracing::error!(error = %e, "cannot apply accepted changes: stopping");
-                                return Err(e);
-                            }
-                            continue;
-                        }
-                    },
                 };
                 match next {
                     Some(Command::Replica(job)) => {
@@ -274,16 +266,21 @@ mod tests {
             .await
             .expect("runs");
         assert!(seen, "the index does not answer the received record");
-        // Nothing asks anything of the replica: it applies the change.
-        let mut settled = false;
-        for _ in 0..100 {
-            tokio::time::sleep(SETTLE_WHEN_IDLE * 2).await;
-            if handle.call(|r| r.deferred().is_none()).await.expect("runs") {
-                settled = true;
-                break;
-            }
-        }
-        assert!(settled, "the change was never applied to its document");
+        // Nothing asks anything of the replica for longer than SETTLE_WHEN_IDLE, and not as
+        // long as MAX_UNSETTLED (checked only when a command comes): it applies the change
+        // because it was idle.
+        let quiet = SETTLE_WHEN_IDLE * 20;
+        assert!(quiet < MAX_UNSETTLED);
+        tokio::time::sleep(quiet).await;
+        let (waiting, since) = handle
+            .call(|r| r.deferred())
+            .await
+            .expect("runs")
+            .map_or((0, Duration::ZERO), |(waited, n)| (n, waited));
+        assert_eq!(
+            waiting, 0,
+            "the change waited {since:?} though the replica was idle"
+        );
         loaded.try_recv().expect("told").expect("loaded");
         stop(handle, thread).await;
     }

@@ -171,11 +171,12 @@ struct DocState {
     registrations: Vec<Registration>,
     since_snapshot: usize,
     /// Accepted changes not yet applied to `doc`, in causal order: each makes records only,
-    /// on top of everything before it, and the index already holds those records
+    /// on top of everything before it (its deps are the heads before it, so the last one is
+    /// the document's head once they are applied), and the index already holds those records
     /// ([`Replica::settle`]).
     deferred: Vec<automerge::Change>,
-    /// The heads of the document with `deferred` applied, while any is deferred.
-    tip: Option<Vec<automerge::ChangeHash>>,
+    /// Since when the first of `deferred` has waited.
+    deferred_since: Option<Instant>,
 }
 
 impl DocState {
@@ -193,7 +194,7 @@ impl DocState {
             registrations: Vec::new(),
             since_snapshot: 0,
             deferred: Vec::new(),
-            tip: None,
+            deferred_since: None,
         }
     }
 
@@ -202,49 +203,55 @@ impl DocState {
         if self.deferred.is_empty() && more.is_empty() {
             return Ok(());
         }
-        let mut changes = std::mem::take(&mut self.deferred);
-        changes.extend(more);
-        match self.doc.apply_changes(changes.iter().cloned()) {
-            Ok(()) => {
-                self.tip = None;
-                Ok(())
-            }
-            Err(e) => {
-                // Accepted and stored all the same: kept waiting, so that a snapshot of this
-                // document fails as this did rather than save it without them.
-                self.deferred = changes;
-                Err(ReplicaError::Automerge(e.to_string()))
-            }
+        let waiting = std::mem::take(&mut self.deferred);
+        let applied = self
+            .doc
+            .apply_changes(waiting.iter().cloned().chain(more))
+            .map_err(|e| ReplicaError::Automerge(e.to_string()));
+        if applied.is_err() {
+            // Accepted and stored all the same: they go on waiting, so that a snapshot of
+            // this document fails as this did rather than save it without them.
+            self.deferred = waiting;
+        } else {
+            self.deferred_since = None;
         }
+        applied
     }
 
-    /// The records a batch of accepted changes of this ledger (of `park`) makes, read from the changes' own ops,
-    /// and the document's heads after them — where that is what reading them back out of
-    /// the document after applying the changes would give: each change builds on everything
+    /// Leaves `changes`, whose records the index took from their ops, to be applied later.
+    fn defer(&mut self, changes: Vec<automerge::Change>) {
+        self.deferred_since.get_or_insert_with(Instant::now);
+        self.deferred.extend(changes);
+    }
+
+    /// The records a batch of accepted changes of this ledger (of `park`) makes, read from the
+    /// changes' own ops, where that is what reading them back out of the document after
+    /// applying the changes would give: each change builds on everything
     /// the document holds (and on the deferred changes before it), it only makes records
     /// ([`records::records_made_by`]) in the collections' maps the document shows, and those
     /// are all the records the rules found it touches. The changes can then wait to be
     /// applied ([`Replica::settle`]).
-    #[allow(clippy::type_complexity)]
     fn records_made(
         &mut self,
         park: &ParkId,
         changes: &[automerge::Change],
         touched: &BTreeSet<Touched>,
-    ) -> Option<(Vec<IndexedRecord>, Vec<automerge::ChangeHash>)> {
-        let state = self;
+    ) -> Option<Vec<IndexedRecord>> {
         // The collections' maps as the document shows them at its root: the rules let a
         // ledger's first change make more than one map at a collection's key, and only the
         // winner is read. Deferred changes never write at the root, so the unsettled
         // document shows the same ones.
         let shown: Vec<(&'static str, u64, automerge::ActorId)> = records::COLLECTIONS
             .iter()
-            .filter_map(|name| match child(&state.doc, &ROOT, name)? {
+            .filter_map(|name| match child(&self.doc, &ROOT, name)? {
                 ObjId::Id(counter, actor, _) => Some((*name, counter, actor)),
                 ObjId::Root => None,
             })
             .collect();
-        let mut tip = state.tip();
+        let mut tip = match self.deferred.last() {
+            Some(last) => vec![last.hash()],
+            None => self.doc.get_heads(),
+        };
         tip.sort_unstable();
         let mut records = Vec::new();
         let mut made = BTreeSet::new();
@@ -275,15 +282,7 @@ impl DocState {
                 ));
             }
         }
-        (made == *touched).then_some((records, tip))
-    }
-
-    /// The document's heads, with the deferred changes applied.
-    fn tip(&mut self) -> Vec<automerge::ChangeHash> {
-        match &self.tip {
-            Some(t) => t.clone(),
-            None => self.doc.get_heads(),
-        }
+        (made == *touched).then_some(records)
     }
 
     fn accept(&mut self, c: &Checked) {
@@ -697,8 +696,6 @@ pub struct Replica<S: Store> {
     restoring: bool,
     /// Changes received from peers are stored but not yet flushed (see [`Self::ingest_received`]).
     unflushed: Option<Instant>,
-    /// Since when a document has had deferred changes (see [`Self::settle`]).
-    deferred_since: Option<Instant>,
     /// When the store's seal was last written after a flush of received changes.
     sealed: Option<Instant>,
 }
@@ -869,7 +866,6 @@ impl<S: Store> Replica<S> {
             outbox: None,
             restoring: false,
             unflushed: None,
-            deferred_since: None,
             sealed: None,
         };
         let unloaded = replica.load(true, true)?;
@@ -1195,6 +1191,13 @@ impl<S: Store> Replica<S> {
         self.ingest_inner(envelopes, source, false)
     }
 
+    /// Writes the store's seal for what the last flush made durable.
+    fn seal(&mut self) -> Result<(), ReplicaError> {
+        self.store.seal()?;
+        self.sealed = Some(Instant::now());
+        Ok(())
+    }
+
     /// Flushes changes received by [`Self::ingest_received`] since the last flush.
     pub fn flush_received(&mut self) -> Result<(), ReplicaError> {
         if self.unflushed.take().is_some() {
@@ -1206,8 +1209,7 @@ impl<S: Store> Replica<S> {
                 .sealed
                 .is_none_or(|t| t.elapsed() >= SEAL_RECEIVED_EVERY)
             {
-                self.store.seal()?;
-                self.sealed = Some(Instant::now());
+                self.seal()?;
             }
         }
         Ok(())
@@ -1295,8 +1297,7 @@ impl<S: Store> Replica<S> {
         }
         self.run(work, &mut reports, flush)?;
         if flush {
-            self.store.seal()?;
-            self.sealed = Some(Instant::now());
+            self.seal()?;
         }
         Ok(reports)
     }
@@ -1405,20 +1406,8 @@ impl<S: Store> Replica<S> {
                 _ => None,
             };
             match made {
-                Some((records, tip)) => {
-                    if state.deferred.is_empty()
-                        && self.docs.values().all(|d| d.deferred.is_empty())
-                    {
-                        // A document settled on its own (a write, a snapshot) left this behind.
-                        self.deferred_since = None;
-                    }
-                    let state = self
-                        .docs
-                        .get_mut(&doc)
-                        .expect("a document exists once a change of it is accepted");
-                    state.deferred.extend(changes);
-                    state.tip = Some(tip);
-                    self.deferred_since.get_or_insert_with(Instant::now);
+                Some(records) => {
+                    state.defer(changes);
                     index.push(Ok(records));
                 }
                 None => {
@@ -1427,9 +1416,7 @@ impl<S: Store> Replica<S> {
                 }
             }
         }
-        if self.docs.values().all(|d| d.deferred.is_empty()) {
-            self.deferred_since = None;
-        } else if self.deferred().is_some_and(|(_, n)| n >= MAX_DEFERRED) {
+        if self.deferred().is_some_and(|(_, n)| n >= MAX_DEFERRED) {
             self.settle()?;
         }
         self.record_apply(started.elapsed().as_secs_f64());
@@ -1813,7 +1800,7 @@ impl<S: Store> Replica<S> {
     /// The node's actor calls it once nothing has asked anything of the replica for a moment;
     /// whatever needs a document settles it first.
     pub fn settle(&mut self) -> Result<(), ReplicaError> {
-        if self.deferred_since.take().is_none() {
+        if self.deferred().is_none() {
             return Ok(());
         }
         let started = Instant::now();
@@ -1827,9 +1814,9 @@ impl<S: Store> Replica<S> {
     /// How long changes have waited to be applied to their documents, and how many wait, if
     /// any do.
     pub fn deferred(&self) -> Option<(std::time::Duration, usize)> {
-        let since = self.deferred_since?;
+        let since = self.docs.values().filter_map(|d| d.deferred_since).min()?;
         let n = self.docs.values().map(|d| d.deferred.len()).sum();
-        (n > 0).then(|| (since.elapsed(), n))
+        Some((since.elapsed(), n))
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), ReplicaError> {
@@ -2437,8 +2424,7 @@ impl<S: Store> Replica<S> {
                     Some(Outcome::Accepted) => {
                         self.publish(envelope);
                         // Flushed before it was published; the seal follows it out.
-                        self.store.seal()?;
-                        self.sealed = Some(Instant::now());
+                        self.seal()?;
                         return Ok(Some(hash));
                     }
                     other => format!("{other:?}"),
@@ -3813,10 +3799,9 @@ mod tests {
     /// not show it, while one made in the second is, as the document reads it.
     #[test]
     fn records_in_a_collection_map_the_document_does_not_show_are_not_read_from_ops() {
-        let actor = Actor::from_bytes(&[7u8; 40]).expect("40 bytes");
         let park: ParkId = "kz-astana-hub".parse().expect("park");
         let mut writer = AutoCommit::new();
-        writer.set_actor(actor.to_automerge());
+        writer.set_actor(automerge::ActorId::from([7u8; 40]));
         let hidden = writer
             .put_object(ROOT, "startups", ObjType::Map)
             .expect("put");
@@ -3829,21 +3814,6 @@ mod tests {
             .doc
             .apply_changes([last_change(&mut writer)])
             .expect("apply");
-        for obj in [&hidden, &shown] {
-            let ObjId::Id(counter, _, _) = obj else {
-                unreachable!("a map made by an op")
-            };
-            state.objects.insert(
-                ObjKey {
-                    counter: *counter,
-                    actor,
-                },
-                ObjectInfo {
-                    path: vec!["startups".into()],
-                    made_by: (actor, 1),
-                },
-            );
-        }
         let touched = |local: &str| {
             BTreeSet::from([Touched::Record {
                 collection: "startups",
@@ -3871,7 +3841,7 @@ mod tests {
         writer.put(&real, "stage", "idea").expect("put");
         writer.commit();
         let change = last_change(&mut writer);
-        let (made, _) = state
+        let made = state
             .records_made(&park, std::slice::from_ref(&change), &touched("real"))
             .expect("a record in the shown map reads from the ops");
         state.settle(vec![change]).expect("apply");

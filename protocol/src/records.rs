@@ -799,7 +799,8 @@ pub fn records_made_by(
     let expanded = change.decode();
     let actor = change.actor_id();
     let start = change.start_op().get();
-    let mine = |id: &automerge::legacy::OpId| &id.1 == actor && (start..).contains(&id.0);
+    let ops = start..start + expanded.operations.len() as u64;
+    let mine = |id: &automerge::legacy::OpId| &id.1 == actor && ops.contains(&id.0);
     // Maps this change made, and the keys of collection maps it wrote, with the ops of this
     // change still visible at each: ops the document held before lose to them.
     let mut made: BTreeMap<u64, Visible> = BTreeMap::new();
