@@ -670,6 +670,8 @@ struct Work {
     checked: Option<Box<Checked>>,
     /// The voucher that authenticated a vouched change, when it was admitted.
     voucher: Option<Hash>,
+    /// The document already holds the change: this node's own write, committed into it.
+    in_doc: bool,
 }
 
 /// The replica. One owner: the node's replica actor (or a CLI command) holds it.
@@ -1352,10 +1354,15 @@ impl<S: Store> Replica<S> {
                         .entry(checked.doc.clone())
                         .or_default()
                         .extend(checked.touched.iter().cloned());
-                    to_apply
-                        .entry(checked.doc.clone())
-                        .or_default()
-                        .push(checked.change);
+                    // Applying again a change the document holds would find nothing to do,
+                    // at the cost of a walk of the whole document; its records are read back
+                    // from the document, as the touched records of a document applied to.
+                    if !w.in_doc {
+                        to_apply
+                            .entry(checked.doc.clone())
+                            .or_default()
+                            .push(checked.change);
+                    }
                     self.stats.accepted += 1;
                     Outcome::Accepted
                 }
@@ -1615,6 +1622,7 @@ impl<S: Store> Replica<S> {
             again,
             checked: None,
             voucher,
+            in_doc: false,
         });
         Ok((
             Some(hash),
@@ -1745,6 +1753,7 @@ impl<S: Store> Replica<S> {
                 again: false,
                 checked: None,
                 voucher: None,
+                in_doc: false,
             });
         }
     }
@@ -2418,6 +2427,7 @@ impl<S: Store> Replica<S> {
                     report: Some(0),
                     checked: Some(checked),
                     voucher: None,
+                    in_doc: true,
                 }]);
                 self.run(work, &mut reports, true)?;
                 match reports.first().map(|r| &r.outcome) {
