@@ -145,6 +145,11 @@ pub fn spawn(starting: Starting<SledStore>) -> Spawned {
                 job(&mut replica);
             }
             while open {
+                // The answer to the last command has gone: the seal follows a write's.
+                if let Err(e) = replica.seal_if_due() {
+                    tracing::error!(error = %e, "cannot write the store's seal: stopping");
+                    return Err(e);
+                }
                 if replica
                     .unflushed_for()
                     .is_some_and(|waited| rx.is_empty() || waited >= MAX_UNFLUSHED)
@@ -282,6 +287,54 @@ mod tests {
             "the change waited {since:?} though the replica was idle"
         );
         loaded.try_recv().expect("told").expect("loaded");
+        stop(handle, thread).await;
+    }
+
+    /// A write is answered before the store's seal is written for it, and the seal follows
+    /// before the next command runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writes_seal_follows_its_answer() {
+        use crate::store::Store as _;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_, dirs) = crate::demo::prepare(tmp.path(), 1, 2, 1).expect("prepare");
+        let seal_file = dirs[0].path("store").join("kervan.seal");
+        let sealed = move || -> usize {
+            std::fs::read_to_string(&seal_file)
+                .expect("the seal is readable")
+                .trim()
+                .parse()
+                .expect("the seal is a count")
+        };
+        let Spawned {
+            handle,
+            thread,
+            loaded,
+        } = spawn(dirs[0].open_starting().expect("open"));
+        loaded.await.expect("told").expect("loaded");
+        // Whatever the start left unsealed is sealed by a first command's turn.
+        handle.call(|_| ()).await.expect("runs");
+        let (before, after, at_answer) = tokio::time::timeout(Duration::from_secs(10), async {
+            let sealed = sealed.clone();
+            handle
+                .call(move |r| {
+                    let before = r.store().change_count();
+                    r.create(
+                        crate::Collection::Startups,
+                        None,
+                        &crate::sample::Sample::new(9).startup("KG"),
+                    )
+                    .expect("create");
+                    (before, r.store().change_count(), sealed())
+                })
+                .await
+                .expect("runs")
+        })
+        .await
+        .expect("answered in time");
+        assert_eq!(after, before + 1, "the write stored one change");
+        assert_eq!(at_answer, before, "the seal was written before the answer");
+        handle.call(|_| ()).await.expect("runs");
+        assert_eq!(sealed(), after, "the seal did not follow the write");
         stop(handle, thread).await;
     }
 

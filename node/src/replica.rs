@@ -700,6 +700,9 @@ pub struct Replica<S: Store> {
     unflushed: Option<Instant>,
     /// When the store's seal was last written after a flush of received changes.
     sealed: Option<Instant>,
+    /// A write of this node's was flushed and acknowledged, and the seal not yet written for
+    /// it (see [`Self::seal_if_due`]).
+    seal_due: bool,
 }
 
 impl<S: Store> std::fmt::Debug for Replica<S> {
@@ -869,6 +872,7 @@ impl<S: Store> Replica<S> {
             restoring: false,
             unflushed: None,
             sealed: None,
+            seal_due: false,
         };
         let unloaded = replica.load(true, true)?;
         // A node killed without its final snapshot judged its whole tail again just now:
@@ -1197,6 +1201,19 @@ impl<S: Store> Replica<S> {
     fn seal(&mut self) -> Result<(), ReplicaError> {
         self.store.seal()?;
         self.sealed = Some(Instant::now());
+        self.seal_due = false;
+        Ok(())
+    }
+
+    /// Writes the seal for this node's own writes since it was last written. A write is
+    /// flushed before it is acknowledged or published; the seal (a file written and renamed,
+    /// not itself synced) may follow the acknowledgement, so the replica actor calls this
+    /// after each command's answer has gone. Until then the seal lags the store, which it may
+    /// (it never leads it).
+    pub fn seal_if_due(&mut self) -> Result<(), ReplicaError> {
+        if self.seal_due {
+            self.seal()?;
+        }
         Ok(())
     }
 
@@ -2433,8 +2450,9 @@ impl<S: Store> Replica<S> {
                 match reports.first().map(|r| &r.outcome) {
                     Some(Outcome::Accepted) => {
                         self.publish(envelope);
-                        // Flushed before it was published; the seal follows it out.
-                        self.seal()?;
+                        // Flushed before it was published and acknowledged; the seal
+                        // follows once the answer has gone ([`Self::seal_if_due`]).
+                        self.seal_due = true;
                         return Ok(Some(hash));
                     }
                     other => format!("{other:?}"),
