@@ -1,0 +1,66 @@
+//! Whether a fresh park could catch up by loading a saved document instead of applying every
+//! change: on one park's 10k-record ledger, the time of Automerge's `load` of the saved
+//! document, of `get_changes` on the loaded document (the changes and their hashes, which the
+//! rules and the store would need), and of one `apply_changes` of the same changes into an
+//! empty document (what a catch-up does now, in pages). Medians of five rounds; a probe for
+//! choosing a design, not a target.
+//!
+//! `cargo run --release -p kervan-tests --example load_path`
+
+use std::time::{Duration, Instant};
+
+use automerge::AutoCommit;
+use kervan_node::Collection;
+use kervan_node::sample::Sample;
+use kervan_protocol::{DocId, SignedChange};
+use kervan_tests::Federation;
+
+fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+fn main() {
+    let mut fed = Federation::founding(1);
+    let mut sample = Sample::new(1);
+    let country = fed.park(0).country.clone();
+    for _ in 0..10_000 {
+        fed.park(0)
+            .replica()
+            .create(Collection::Startups, None, &sample.startup(&country))
+            .expect("create");
+    }
+    let ledger = DocId::Ledger(fed.parks[0].id.clone());
+    let changes: Vec<automerge::Change> = kervan_tests::entries(&fed.park(0).export())
+        .iter()
+        .map(|e| SignedChange::decode(e, usize::MAX).expect("envelope"))
+        .filter(|e| e.doc == ledger)
+        .map(|e| e.parse().expect("change"))
+        .collect();
+    let mut doc = AutoCommit::new();
+    doc.apply_changes(changes.clone()).expect("apply");
+    let saved = doc.save();
+    let (mut load, mut get, mut apply) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        let mut loaded = AutoCommit::load(&saved).expect("load");
+        load.push(t.elapsed());
+        let t = Instant::now();
+        let got = loaded.get_changes(&[]);
+        get.push(t.elapsed());
+        assert_eq!(got.len(), changes.len(), "every change comes back");
+        let batch = changes.clone();
+        let t = Instant::now();
+        let mut fresh = AutoCommit::new();
+        fresh.apply_changes(batch).expect("apply");
+        apply.push(t.elapsed());
+    }
+    println!(
+        "{} changes, saved document {} B: load {:?}, get_changes after load {:?}, one apply_changes into an empty document {:?}",
+        changes.len(),
+        saved.len(),
+        median(load),
+        median(get),
+        median(apply)
+    );
+}
