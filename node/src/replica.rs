@@ -670,8 +670,6 @@ struct Work {
     checked: Option<Box<Checked>>,
     /// The voucher that authenticated a vouched change, when it was admitted.
     voucher: Option<Hash>,
-    /// The document already holds the change: this node's own write, committed into it.
-    in_doc: bool,
 }
 
 /// The replica. One owner: the node's replica actor (or a CLI command) holds it.
@@ -1354,6 +1352,9 @@ impl<S: Store> Replica<S> {
                     continue;
                 }
             }
+            // Only this node's own write comes judged, and `write` committed it into its
+            // document before it came here.
+            let in_doc = w.checked.is_some();
             let verdict = match w.checked.take() {
                 Some(checked) => Verdict::Accept(checked),
                 None => rules::check_verified(&w.doc, w.verified.clone(), &self.view()),
@@ -1374,7 +1375,7 @@ impl<S: Store> Replica<S> {
                     // Applying again a change the document holds would find nothing to do,
                     // at the cost of a walk of the whole document; its records are read back
                     // from the document, as the touched records of a document applied to.
-                    if !w.in_doc {
+                    if !in_doc {
                         to_apply
                             .entry(checked.doc.clone())
                             .or_default()
@@ -1639,7 +1640,6 @@ impl<S: Store> Replica<S> {
             again,
             checked: None,
             voucher,
-            in_doc: false,
         });
         Ok((
             Some(hash),
@@ -1770,7 +1770,6 @@ impl<S: Store> Replica<S> {
                 again: false,
                 checked: None,
                 voucher: None,
-                in_doc: false,
             });
         }
     }
@@ -2444,7 +2443,6 @@ impl<S: Store> Replica<S> {
                     report: Some(0),
                     checked: Some(checked),
                     voucher: None,
-                    in_doc: true,
                 }]);
                 self.run(work, &mut reports, true)?;
                 match reports.first().map(|r| &r.outcome) {
