@@ -8,33 +8,10 @@
 use std::time::{Duration, Instant};
 
 use automerge::{AutoCommit, ROOT, ReadDoc};
-use kervan_node::Collection;
-use kervan_node::sample::Sample;
-use kervan_protocol::{DocId, SignedChange};
-use kervan_tests::Federation;
-
-fn median(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
-    xs[xs.len() / 2]
-}
+use kervan_tests::median;
 
 fn main() {
-    let mut fed = Federation::founding(1);
-    let mut sample = Sample::new(1);
-    let country = fed.park(0).country.clone();
-    for _ in 0..10_000 {
-        fed.park(0)
-            .replica()
-            .create(Collection::Startups, None, &sample.startup(&country))
-            .expect("create");
-    }
-    let ledger = DocId::Ledger(fed.parks[0].id.clone());
-    let changes: Vec<automerge::Change> = kervan_tests::entries(&fed.park(0).export())
-        .iter()
-        .map(|e| SignedChange::decode(e, usize::MAX).expect("envelope"))
-        .filter(|e| e.doc == ledger)
-        .map(|e| e.parse().expect("change"))
-        .collect();
+    let changes = kervan_tests::sample_ledger(10_000);
     let mut doc = AutoCommit::new();
     doc.apply_changes(changes).expect("apply");
     let Some((_, startups)) = doc.get(&ROOT, "startups").expect("get") else {

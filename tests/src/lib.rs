@@ -217,6 +217,38 @@ impl Observer {
     }
 }
 
+/// The changes of one park's ledger after it wrote `startups` sample startups through its
+/// replica, one change each, as the API writes them: the data of the examples that probe
+/// Automerge on a realistic ledger.
+pub fn sample_ledger(startups: usize) -> Vec<automerge::Change> {
+    let mut fed = Federation::founding(1);
+    let mut sample = kervan_node::sample::Sample::new(1);
+    let country = fed.park(0).country.clone();
+    for _ in 0..startups {
+        fed.park(0)
+            .replica()
+            .create(
+                kervan_node::Collection::Startups,
+                None,
+                &sample.startup(&country),
+            )
+            .expect("create");
+    }
+    let ledger = DocId::Ledger(fed.parks[0].id.clone());
+    entries(&fed.park(0).export())
+        .iter()
+        .map(|e| SignedChange::decode(e, usize::MAX).expect("envelope"))
+        .filter(|e| e.doc == ledger)
+        .map(|e| e.parse().expect("change"))
+        .collect()
+}
+
+/// The median of some durations.
+pub fn median(mut xs: Vec<std::time::Duration>) -> std::time::Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
 /// The envelopes of a bundle.
 pub fn entries(bundle: &[u8]) -> Vec<Vec<u8>> {
     Bundle::decode(bundle, usize::MAX, usize::MAX)
