@@ -221,6 +221,14 @@ impl Observer {
 /// replica, one change each, as the API writes them: the data of the examples that probe
 /// Automerge on a realistic ledger.
 pub fn sample_ledger(startups: usize) -> Vec<automerge::Change> {
+    sample_ledger_envelopes(startups)
+        .iter()
+        .map(|e| e.parse().expect("change"))
+        .collect()
+}
+
+/// [`sample_ledger`]'s changes in their signed envelopes, as the park stores and sends them.
+pub fn sample_ledger_envelopes(startups: usize) -> Vec<SignedChange> {
     let mut fed = Federation::founding(1);
     let mut sample = kervan_node::sample::Sample::new(1);
     let country = fed.park(0).country.clone();
@@ -239,7 +247,6 @@ pub fn sample_ledger(startups: usize) -> Vec<automerge::Change> {
         .iter()
         .map(|e| SignedChange::decode(e, usize::MAX).expect("envelope"))
         .filter(|e| e.doc == ledger)
-        .map(|e| e.parse().expect("change"))
         .collect()
 }
 
