@@ -59,8 +59,10 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// The plan of a mode; `KERVAN_BENCH_REPS` and `KERVAN_BENCH_PROP_RECORDS` override the
-    /// repetitions and the propagation registry (for profiling runs).
+    /// The plan of a mode; `KERVAN_BENCH_REPS`, `KERVAN_BENCH_PROP_RECORDS` and
+    /// `KERVAN_BENCH_PARKS` (a comma-separated list of counts, each at least 2) override the
+    /// repetitions, the propagation registry and the propagation meshes (for profiling runs
+    /// and probes).
     fn new(quick: bool) -> Self {
         let mut plan = Self::of(quick);
         let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
@@ -69,6 +71,18 @@ impl Plan {
         }
         if let Some(r) = var("KERVAN_BENCH_PROP_RECORDS") {
             plan.prop_records = r;
+        }
+        if let Ok(list) = std::env::var("KERVAN_BENCH_PARKS") {
+            let parks: Option<Vec<usize>> = list
+                .split(',')
+                .map(|n| n.trim().parse::<usize>().ok().filter(|&n| n >= 2))
+                .collect();
+            match parks {
+                Some(parks) if !parks.is_empty() => plan.parks = parks,
+                _ => eprintln!(
+                    "KERVAN_BENCH_PARKS={list:?} ignored: expected counts of at least 2, such as 3,6"
+                ),
+            }
         }
         plan
     }

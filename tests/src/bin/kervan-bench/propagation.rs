@@ -298,13 +298,14 @@ async fn raw_mesh(
     Ok(out)
 }
 
-/// A federation of `n` parks with a registry over its first four, all running on loopback.
+/// A federation of `n` parks with a registry over its first four (all of them, if fewer), all
+/// running on loopback.
 async fn kervan_net(
     plan: &Plan,
     n: usize,
 ) -> anyhow::Result<(Vec<RunningNode>, usize, kervan_tests::Federation)> {
     let mut fed = federation(n, |_| {});
-    let (_, mut generator) = writers(&mut fed, 4, 31)?;
+    let (_, mut generator) = writers(&mut fed, WRITERS.min(n), 31)?;
     let changes = generator.grow(plan.prop_records, 0)?;
     let mut sizes: Vec<usize> = changes.iter().map(Vec::len).collect();
     sizes.sort_unstable();
@@ -327,6 +328,9 @@ async fn kervan_net(
     Ok((running, size, fed))
 }
 
+/// The parks that write, in turn, in a propagation run, and whose ledgers hold its registry.
+const WRITERS: usize = 4;
+
 pub(crate) fn run(
     plan: &Plan,
     rt: &tokio::runtime::Runtime,
@@ -338,15 +342,21 @@ pub(crate) fn run(
         let (writes, size) = rt.block_on(async {
             let (running, size, fed) = kervan_net(plan, n).await?;
             // Warm-up: every node has seen a write before timing starts.
-            kervan_writes(&running, 4, 0..3, rt.handle()).await?;
+            kervan_writes(&running, WRITERS.min(n), 0..3, rt.handle()).await?;
             let section = crate::profile::section("propagation");
-            let times = kervan_writes(&running, 4, 3..3 + plan.prop_writes, rt.handle()).await?;
+            let times = kervan_writes(
+                &running,
+                WRITERS.min(n),
+                3..3 + plan.prop_writes,
+                rt.handle(),
+            )
+            .await?;
             drop(section);
             nodes::stop_all(running).await?;
             drop(fed);
             anyhow::Ok((times, size))
         })?;
-        let raw = rt.block_on(raw_mesh(n, 4, plan.prop_writes, size))?;
+        let raw = rt.block_on(raw_mesh(n, WRITERS.min(n), plan.prop_writes, size))?;
         ensure!(
             !writes.is_empty() && !raw.is_empty(),
             "no propagation measured"
