@@ -6,6 +6,7 @@
 //! - [`net`]: the net actor, sole owner of the libp2p swarm; [`node`]: a running node.
 //! - [`replica`]: owns the Automerge documents and the store; checks, applies, indexes.
 //! - [`query`]: the query index and its filters, sorting and paging.
+//! - `snapshots`: the thread that saves and writes documents' snapshots.
 //! - [`config`]: the node's TOML configuration.
 //! - [`data_dir`]: the data directory: device key, API token, config, store.
 //! - [`sample`]: seeded sample records for the demo and tests.
@@ -24,6 +25,7 @@ pub mod node;
 pub mod query;
 pub mod replica;
 pub mod sample;
+mod snapshots;
 pub mod store;
 
 pub use config::Config;

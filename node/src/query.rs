@@ -1527,6 +1527,11 @@ struct LedgerRecordsRef<'a> {
 }
 
 impl LedgerRecords {
+    /// The records encoded as [`Index::encode_ledger`] encodes them.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("records serialise")
+    }
+
     /// Decodes what [`Index::encode_ledger`] wrote for `park`, refusing a record of another
     /// park: the ledger can hold no such record, so the bytes are not what was written.
     pub fn decode(park: &ParkId, bytes: &[u8]) -> Result<Self, String> {
@@ -1630,7 +1635,27 @@ impl Index {
 
     /// Encodes the records of `park`'s ledger (see [`LedgerRecords`]).
     pub fn encode_ledger(&self, park: &ParkId) -> Vec<u8> {
-        let records = LedgerRecordsRef {
+        serde_json::to_vec(&self.ledger_refs(park)).expect("records serialise")
+    }
+
+    /// The records of `park`'s ledger, copied out of the index: [`LedgerRecords::encode`]
+    /// gives of them what [`Self::encode_ledger`] gives, on another thread than the index's.
+    pub fn ledger_records(&self, park: &ParkId) -> LedgerRecords {
+        let r = self.ledger_refs(park);
+        LedgerRecords {
+            startups: r.startups.into_iter().cloned().collect(),
+            programs: r.programs.into_iter().cloned().collect(),
+            applications: r.applications.into_iter().cloned().collect(),
+            decisions: r
+                .decisions
+                .into_iter()
+                .map(|(app, d)| (app.clone(), d.clone()))
+                .collect(),
+        }
+    }
+
+    fn ledger_refs(&self, park: &ParkId) -> LedgerRecordsRef<'_> {
+        LedgerRecordsRef {
             startups: self
                 .startups
                 .records()
@@ -1651,8 +1676,7 @@ impl Index {
                 .iter()
                 .filter_map(|(app, by)| by.get(park).map(|d| (app, d)))
                 .collect(),
-        };
-        serde_json::to_vec(&records).expect("records serialise")
+        }
     }
 
     /// Indexes the records of `park`'s ledger, as [`Self::encode_ledger`] gave them.

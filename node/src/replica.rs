@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::meta::DocMeta;
 use crate::query::{Index, LedgerRecords};
+use crate::snapshots::{self, Snapshot, Snapshots};
 use crate::store::{Evidence, Rejected, Store, StoreError};
 
 /// Why a replica operation failed.
@@ -297,8 +298,9 @@ impl DocState {
         self.since_snapshot += 1;
     }
 
-    fn encode_snapshot(&mut self) -> Vec<u8> {
-        let meta = DocMeta {
+    /// The encoded metadata of the accepted changes: a snapshot's first part.
+    fn snapshot_meta(&self) -> Vec<u8> {
+        DocMeta {
             order: self
                 .order
                 .iter()
@@ -306,14 +308,13 @@ impl DocState {
                 .collect(),
             objects: self.objects.iter().map(|(k, v)| (*k, v.clone())).collect(),
             registrations: self.registrations.clone(),
-        };
-        let meta = meta.encode();
-        let doc = self.doc.save();
-        let mut out = Vec::with_capacity(8 + meta.len() + doc.len());
-        out.extend_from_slice(&(meta.len() as u64).to_be_bytes());
-        out.extend_from_slice(&meta);
-        out.extend_from_slice(&doc);
-        out
+        }
+        .encode()
+    }
+
+    fn encode_snapshot(&mut self) -> Vec<u8> {
+        let meta = self.snapshot_meta();
+        snapshots::join(&meta, &self.doc.save())
     }
 
     /// Splits a snapshot into its metadata and its saved Automerge document.
@@ -510,6 +511,23 @@ fn prepare_vouched(
 /// naming the accepted changes it was made from ([`DocState::tag`]).
 const RECORDS_MAGIC: &[u8; 4] = b"KVR\x01";
 
+/// The query index's copy of a ledger's records, kept beside its snapshot, with the tag of the
+/// accepted changes it was made from.
+pub(crate) struct RecordsCopy {
+    tag: Hash,
+    records: LedgerRecords,
+}
+
+impl RecordsCopy {
+    /// The file's bytes: the magic, the tag, the records.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut bytes = RECORDS_MAGIC.to_vec();
+        bytes.extend_from_slice(&self.tag.0);
+        bytes.extend_from_slice(&self.records.encode());
+        bytes
+    }
+}
+
 /// What a node already knows of a change it receives.
 enum Seen {
     New,
@@ -701,6 +719,8 @@ pub struct Replica<S: Store> {
     /// A write of this node's was flushed and acknowledged, and the seal not yet written for
     /// it (see [`Self::seal_if_due`]).
     seal_due: bool,
+    /// The thread that saves and writes the snapshots that come due as changes are accepted.
+    snapshots: Snapshots<S>,
 }
 
 impl<S: Store> std::fmt::Debug for Replica<S> {
@@ -854,6 +874,7 @@ impl<S: Store> Replica<S> {
         opts: Options,
     ) -> Result<Starting<S>, ReplicaError> {
         let mut replica = Self {
+            snapshots: Snapshots::new(store.clone()),
             store,
             federation,
             identity,
@@ -1118,6 +1139,8 @@ impl<S: Store> Replica<S> {
     pub fn rebuild(&mut self) -> Result<(), ReplicaError> {
         tracing::warn!("rebuilding every document from the stored signed changes");
         self.stats.rebuilds += 1;
+        // A snapshot being written now would outlive the clearing.
+        self.snapshots.wait();
         self.store.clear_snapshots()?;
         self.load(false, false)?;
         self.snapshot_all()?;
@@ -1844,31 +1867,56 @@ impl<S: Store> Replica<S> {
         Some((since.elapsed(), n))
     }
 
+    /// Hands the snapshot thread each document that has come due: every `snapshot_every`
+    /// changes, or every quarter of the document's history if that is more. A snapshot costs
+    /// time in proportion to the whole document, so a fixed interval would make a long
+    /// catch-up quadratic. The snapshot holds the document as it is now; the thread saves and
+    /// writes it while this one goes on.
     fn maybe_snapshot(&mut self) -> Result<(), ReplicaError> {
         let due: Vec<DocId> = self
             .docs
             .iter()
-            // Every `snapshot_every` changes, or every quarter of the document's history if
-            // that is more: a snapshot costs time in proportion to the whole document, so a
-            // fixed interval would make a long catch-up quadratic.
             .filter(|(_, d)| d.since_snapshot >= self.opts.snapshot_every.max(d.accepted.len() / 4))
             .map(|(k, _)| k.clone())
             .collect();
         for doc in due {
-            self.snapshot(&doc)?;
+            let records = self.records_copy(&doc);
+            let state = self
+                .docs
+                .get_mut(&doc)
+                .expect("a document found due is there");
+            state.settle(Vec::new())?;
+            let snapshot = Snapshot {
+                meta: state.snapshot_meta(),
+                document: state.doc.clone(),
+                records,
+                doc,
+            };
+            state.since_snapshot = 0;
+            self.snapshots.hand_over(snapshot);
         }
         Ok(())
     }
 
+    /// The index's copy of a ledger's records, made for its snapshot. The index is up to date
+    /// with every accepted change whenever a snapshot is taken (the deferred ones included):
+    /// the copy is tagged with the set of them.
+    fn records_copy(&self, doc: &DocId) -> Option<RecordsCopy> {
+        let (park, state) = (doc.park()?, self.docs.get(doc)?);
+        Some(RecordsCopy {
+            tag: state.tag(),
+            records: self.index.ledger_records(park),
+        })
+    }
+
+    /// Snapshots a document on this thread, after any snapshot in the snapshot thread's hands
+    /// is written, so that an older one never replaces it.
     fn snapshot(&mut self, doc: &DocId) -> Result<(), ReplicaError> {
-        if let (Some(park), Some(state)) = (doc.park(), self.docs.get(doc)) {
-            // The index is up to date with every applied change whenever a snapshot is taken:
-            // its copy of the ledger's records is made from the snapshot's changes. The copy is
-            // kept out of sled's log, which a start would otherwise read back into memory.
-            let mut records = RECORDS_MAGIC.to_vec();
-            records.extend_from_slice(&state.tag().0);
-            records.extend_from_slice(&self.index.encode_ledger(park));
-            if let Err(e) = self.store.put_ledger_records(doc, &records) {
+        self.snapshots.wait();
+        if let Some(copy) = self.records_copy(doc) {
+            // The copy is kept out of sled's log, which a start would otherwise read back
+            // into memory.
+            if let Err(e) = self.store.put_ledger_records(doc, &copy.encode()) {
                 // Only the next start's speed depends on it.
                 tracing::warn!(%doc, error = %e, "cannot keep the copy of the ledger's records");
             }
@@ -1880,6 +1928,11 @@ impl<S: Store> Replica<S> {
             self.store.put_snapshot(doc, &bytes)?;
         }
         Ok(())
+    }
+
+    /// Waits until the snapshots handed to the snapshot thread are written.
+    pub fn wait_for_snapshots(&self) {
+        self.snapshots.wait();
     }
 
     /// Snapshots every document and flushes: what a clean shutdown does.
@@ -3979,5 +4032,64 @@ mod tests {
         b.rebuild().expect("rebuild");
         same_ledger(&a, &b, &park);
         assert_eq!(b.digest(), digest);
+    }
+
+    /// A snapshot that comes due as changes are accepted is saved and written on the snapshot
+    /// thread, and holds the document as it stood when it came due: written changes after it
+    /// are the tail a start judges again. A snapshot taken on the replica's thread afterwards
+    /// is never replaced by the older one.
+    #[test]
+    fn a_snapshot_due_is_written_by_its_thread_as_it_stood() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_, dirs) = crate::demo::prepare(tmp.path(), 2, 0, 5).expect("prepare");
+        let mut config = dirs[0].config().expect("config");
+        config.store.snapshot_every = 4;
+        dirs[0].write_config(&config).expect("config");
+        let mut r = dirs[0].open_replica().expect("open");
+        let ledger = r.ledger().expect("ledger");
+        let snapshot_order = |r: &Replica<crate::SledStore>| {
+            let bytes = r
+                .store()
+                .snapshot(&ledger)
+                .expect("read")
+                .expect("a snapshot");
+            let (meta, _) = DocState::split_snapshot(&bytes).expect("split");
+            DocState::decode_meta(meta).expect("decode").order
+        };
+        let before = r.docs[&ledger].since_snapshot;
+        let mut sample = crate::sample::Sample::new(6);
+        let mut order_when_due = None;
+        // Due at the fourth write; the fifth and sixth are the tail.
+        for _ in 0..6 {
+            r.create(Collection::Startups, None, &sample.startup("KZ"))
+                .expect("write");
+            if r.docs[&ledger].since_snapshot == 0 && order_when_due.is_none() {
+                order_when_due = Some(r.docs[&ledger].order.clone());
+            }
+        }
+        let order_when_due = order_when_due.expect("a snapshot came due");
+        let park = ledger.park().expect("a ledger");
+        assert_eq!(
+            r.index().ledger_records(park).encode(),
+            r.index().encode_ledger(park),
+            "the copied records encode as the index encodes them"
+        );
+        assert!(before < 4, "the ledger was not due before the writes");
+        r.wait_for_snapshots();
+        let written = snapshot_order(&r);
+        assert_eq!(
+            written, order_when_due,
+            "the snapshot holds the ledger as it stood when it came due"
+        );
+        // The writes after the last snapshot are a tail: a start judges them again.
+        let all = r.docs[&ledger].order.clone();
+        assert!(written.len() < all.len(), "some writes came after it");
+        r.snapshot_all().expect("snapshot");
+        assert_eq!(snapshot_order(&r), all, "the newest snapshot stays");
+        let digest = r.digest();
+        drop(r);
+        let r = dirs[0].open_replica().expect("reopen");
+        assert_eq!(r.docs[&ledger].order, all);
+        assert_eq!(r.digest(), digest);
     }
 }

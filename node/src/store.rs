@@ -90,8 +90,9 @@ mod hex_list {
 /// A visitor of stored changes: document, hash, envelope.
 pub type EachChange<'a> = dyn FnMut(DocId, Hash, &[u8]) -> Result<(), StoreError> + 'a;
 
-/// What the replica needs from storage.
-pub trait Store: Send + Sync {
+/// What the replica needs from storage. A store is a handle: its clones share the same storage
+/// (the replica's snapshot thread writes through one).
+pub trait Store: Send + Sync + Clone + 'static {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Stores a verified change that was not rejected.

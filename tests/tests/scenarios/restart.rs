@@ -60,6 +60,7 @@ fn snapshot_plus_tail_equals_full_replay() {
     let digest = park.digest();
     let view = park.view();
     let ledger = format!("park/{}", park.id).parse().expect("doc id");
+    park.replica().wait_for_snapshots();
     let snapshot = park.replica().store().snapshot(&ledger).expect("read");
     assert!(snapshot.is_some(), "a snapshot was written");
 
@@ -196,6 +197,9 @@ fn two_parks_with_a_tail() -> (Federation, kervan_protocol::DocId, serde_json::V
         "the decision is joined"
     );
     let digest = park.digest();
+    // The snapshots that came due are saved and written on the snapshot thread: the tests
+    // read them from the store.
+    park.replica().wait_for_snapshots();
     (fed, ledger, view, digest)
 }
 

@@ -95,8 +95,10 @@ fn kervan_rate(
             .count();
     }
     // Every change applied to its document: those whose records the index read from their ops
-    // wait for it (a node's actor applies them once idle).
+    // wait for it (a node's actor applies them once idle). And the snapshots that came due
+    // written, which their own thread saves while the stream goes on.
     replica.settle()?;
+    replica.wait_for_snapshots();
     let secs = started.elapsed().as_secs_f64();
     drop(section);
     ensure!(
