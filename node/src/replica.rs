@@ -312,11 +312,6 @@ impl DocState {
         .encode()
     }
 
-    fn encode_snapshot(&mut self) -> Vec<u8> {
-        let meta = self.snapshot_meta();
-        snapshots::join(&meta, &self.doc.save())
-    }
-
     /// Splits a snapshot into its metadata and its saved Automerge document.
     fn split_snapshot(bytes: &[u8]) -> Result<(&[u8], &[u8]), String> {
         let len = bytes
@@ -1880,22 +1875,30 @@ impl<S: Store> Replica<S> {
             .map(|(k, _)| k.clone())
             .collect();
         for doc in due {
-            let records = self.records_copy(&doc);
-            let state = self
-                .docs
-                .get_mut(&doc)
-                .expect("a document found due is there");
-            state.settle(Vec::new())?;
-            let snapshot = Snapshot {
-                meta: state.snapshot_meta(),
-                document: state.doc.clone(),
-                records,
-                doc,
-            };
-            state.since_snapshot = 0;
-            self.snapshots.hand_over(snapshot);
+            if let Some(snapshot) = self.take_snapshot(&doc)? {
+                self.snapshots.hand_over(snapshot);
+            }
         }
         Ok(())
+    }
+
+    /// A document's snapshot as it stands now, to be saved and written: its metadata, the
+    /// index's copy of a ledger's records and a copy of the document, after the changes that
+    /// wait are applied. The document counts no change since its snapshot from here on.
+    fn take_snapshot(&mut self, doc: &DocId) -> Result<Option<Snapshot>, ReplicaError> {
+        let records = self.records_copy(doc);
+        let Some(state) = self.docs.get_mut(doc) else {
+            return Ok(None);
+        };
+        state.settle(Vec::new())?;
+        let snapshot = Snapshot {
+            meta: state.snapshot_meta(),
+            document: state.doc.clone(),
+            records,
+            doc: doc.clone(),
+        };
+        state.since_snapshot = 0;
+        Ok(Some(snapshot))
     }
 
     /// The index's copy of a ledger's records, made for its snapshot. The index is up to date
@@ -1913,19 +1916,8 @@ impl<S: Store> Replica<S> {
     /// is written, so that an older one never replaces it.
     fn snapshot(&mut self, doc: &DocId) -> Result<(), ReplicaError> {
         self.snapshots.wait();
-        if let Some(copy) = self.records_copy(doc) {
-            // The copy is kept out of sled's log, which a start would otherwise read back
-            // into memory.
-            if let Err(e) = self.store.put_ledger_records(doc, &copy.encode()) {
-                // Only the next start's speed depends on it.
-                tracing::warn!(%doc, error = %e, "cannot keep the copy of the ledger's records");
-            }
-        }
-        if let Some(state) = self.docs.get_mut(doc) {
-            state.settle(Vec::new())?;
-            let bytes = state.encode_snapshot();
-            state.since_snapshot = 0;
-            self.store.put_snapshot(doc, &bytes)?;
+        if let Some(snapshot) = self.take_snapshot(doc)? {
+            snapshots::write(&self.store, snapshot)?;
         }
         Ok(())
     }

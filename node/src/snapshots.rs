@@ -22,7 +22,7 @@ use automerge::AutoCommit;
 use kervan_protocol::DocId;
 
 use crate::replica::RecordsCopy;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// A document's state at one moment, to be saved and written.
 pub(crate) struct Snapshot {
@@ -129,7 +129,9 @@ fn run<S: Store>(store: &S, rx: &Receiver<Message>, busy: &AtomicBool) {
     while let Ok(message) = rx.recv() {
         match message {
             Message::Write(snapshot) => {
-                write(store, *snapshot);
+                if let Err(e) = write(store, *snapshot) {
+                    tracing::error!(error = %e, "cannot write a snapshot: the next start judges the changes since the last one again");
+                }
                 busy.store(false, Ordering::Release);
             }
             Message::Wait(done) => {
@@ -139,8 +141,10 @@ fn run<S: Store>(store: &S, rx: &Receiver<Message>, busy: &AtomicBool) {
     }
 }
 
-/// Saves the document and writes the copy of its records, then the snapshot.
-fn write<S: Store>(store: &S, snapshot: Snapshot) {
+/// Saves the document and writes the copy of its records, then the snapshot. The copy is
+/// kept out of sled's log, which a start would otherwise read back into memory, and only the
+/// next start's speed depends on it: failing to write it is logged, not answered.
+pub(crate) fn write<S: Store>(store: &S, snapshot: Snapshot) -> Result<(), StoreError> {
     let Snapshot {
         doc,
         meta,
@@ -150,20 +154,12 @@ fn write<S: Store>(store: &S, snapshot: Snapshot) {
     if let Some(records) = records
         && let Err(e) = store.put_ledger_records(&doc, &records.encode())
     {
-        // Only the next start's speed depends on it.
         tracing::warn!(%doc, error = %e, "cannot keep the copy of the ledger's records");
     }
-    let bytes = join(&meta, &document.save());
-    if let Err(e) = store.put_snapshot(&doc, &bytes) {
-        tracing::error!(%doc, error = %e, "cannot write the snapshot: the next start judges the changes since the last one again");
-    }
-}
-
-/// A snapshot's bytes: the length of the metadata, the metadata, the saved document.
-pub(crate) fn join(meta: &[u8], saved: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + meta.len() + saved.len());
-    out.extend_from_slice(&(meta.len() as u64).to_be_bytes());
-    out.extend_from_slice(meta);
-    out.extend_from_slice(saved);
-    out
+    let saved = document.save();
+    let mut bytes = Vec::with_capacity(8 + meta.len() + saved.len());
+    bytes.extend_from_slice(&(meta.len() as u64).to_be_bytes());
+    bytes.extend_from_slice(&meta);
+    bytes.extend_from_slice(&saved);
+    store.put_snapshot(&doc, &bytes)
 }
